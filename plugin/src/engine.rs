@@ -1,0 +1,596 @@
+//! Outbound and inbound packet processing: which bundles apply, and the in-place IPComp,
+//! ESP, AH and tunnel transforms.
+//!
+//! Every transform works inside the host's buffer. Headers are inserted after the IPv4
+//! header by moving that header (at most 60 bytes) into the headroom, never the payload;
+//! trailers grow into the tailroom. Nothing here allocates on the way through.
+
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use crate::log::{EventLog, Level};
+use crate::sad::{ReplayError, Sa, SaProto, SaTransform};
+use crate::spd::{BundleList, BundlePolicy, FlowKey, SaSet, Spd};
+use crate::stats::{Counters, DropReason};
+use crate::wire::{self, ah, esp, ipcomp, ipv4, IpProtocol};
+use crate::{PacketBuf, Verdict};
+
+/// Packets shorter than this go out without IPComp: deflate cannot win on them
+/// (the threshold Linux and FreeS/WAN use for deflate).
+pub const IPCOMP_THRESHOLD: usize = 90;
+
+/// More layers than this on one packet is not something any bundle set produces.
+const MAX_LAYERS: usize = 16;
+
+const IKE_PORT: u16 = 500;
+const NAT_T_PORT: u16 = wire::udp::NAT_T_PORT;
+
+/// The state the per-packet path shares across bundles.
+pub struct Context {
+    pub log: EventLog,
+    pub global: Counters,
+    ident: AtomicU32,
+}
+
+impl Context {
+    pub fn new(log: EventLog) -> Context {
+        Context { log, global: Counters::default(), ident: AtomicU32::new(crate::crypto_random_u32()) }
+    }
+
+    fn next_ident(&self) -> u16 {
+        self.ident.fetch_add(1, Ordering::Relaxed) as u16
+    }
+
+    /// Counts a drop everywhere it belongs and reports security events.
+    fn drop_packet(
+        &self,
+        reason: DropReason,
+        bundle: Option<&BundlePolicy>,
+        sa: Option<&Sa>,
+        detail: std::fmt::Arguments<'_>,
+    ) -> Verdict {
+        self.global.count_drop(reason);
+        if let Some(b) = bundle {
+            b.counters.count_drop(reason);
+        }
+        if let Some(sa) = sa {
+            sa.counters.count_drop(reason);
+        }
+        let name = bundle.map_or("-", |b| b.name());
+        let level = if reason.is_security_event() { Level::Sec } else { Level::Dbg };
+        if self.log.enabled(level) {
+            self.log.event(level, name, reason.name(), format_args!("dropped ({}): {}", reason.name(), detail));
+        }
+        Verdict::Drop
+    }
+}
+
+impl PacketBuf<'_> {
+    fn data(&self) -> &[u8] {
+        &self.buf[self.offset..self.offset + self.len]
+    }
+
+    fn data_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[self.offset..self.offset + self.len]
+    }
+
+    fn header_len(&self) -> usize {
+        usize::from(self.buf[self.offset] & 0x0f) * 4
+    }
+
+    /// Opens `n` bytes right after the IPv4 header by moving the header into the headroom.
+    fn open_gap(&mut self, n: usize) -> Result<(), DropReason> {
+        if self.offset < n {
+            return Err(DropReason::NoRoom);
+        }
+        let hl = self.header_len();
+        self.buf.copy_within(self.offset..self.offset + hl, self.offset - n);
+        self.offset -= n;
+        self.len += n;
+        Ok(())
+    }
+
+    /// Removes the `n` bytes right after the IPv4 header by moving the header forward.
+    fn close_gap(&mut self, n: usize) {
+        let hl = self.header_len();
+        self.buf.copy_within(self.offset..self.offset + hl, self.offset + n);
+        self.offset += n;
+        self.len -= n;
+    }
+
+    fn has_tailroom(&self, n: usize) -> bool {
+        self.offset + self.len + n <= self.buf.len()
+    }
+
+    /// Writes the header fields a transform changed: total length, protocol, checksum.
+    fn finish_header(&mut self, protocol: IpProtocol) {
+        let len = self.len as u16;
+        let mut ip = ipv4::Packet::new_unchecked(self.data_mut());
+        ip.set_total_len(len);
+        ip.set_next_header(protocol);
+        ip.fill_checksum();
+    }
+
+    /// Validates the IPv4 header and trims the packet to its total length.
+    fn check_ipv4(&mut self) -> Result<(), DropReason> {
+        let total = match ipv4::Packet::new_checked(self.data()) {
+            Ok(ip) => usize::from(ip.total_len()),
+            Err(_) => return Err(DropReason::Malformed),
+        };
+        self.len = total;
+        Ok(())
+    }
+
+    fn ip(&self) -> ipv4::Packet<&[u8]> {
+        ipv4::Packet::new_unchecked(self.data())
+    }
+
+    fn flow(&self) -> FlowKey {
+        let ip = self.ip();
+        let protocol = ip.next_header();
+        let ports = if ip.frag_offset() == 0 { wire::transport_ports(protocol, ip.payload()) } else { None };
+        FlowKey { src: ip.src_addr(), dst: ip.dst_addr(), protocol: protocol.into(), ports }
+    }
+}
+
+/// IKE (UDP 500, and 4500 with the non-ESP marker) passes unprotected so that keying can
+/// happen at all, as every IPsec stack arranges for its keying daemon.
+fn is_ike(pkt: &PacketBuf<'_>) -> bool {
+    let ip = pkt.ip();
+    if ip.next_header() != IpProtocol::Udp || ip.frag_offset() != 0 {
+        return false;
+    }
+    let Ok(udp) = wire::udp::Packet::new_checked(ip.payload()) else { return false };
+    let (s, d) = (udp.src_port(), udp.dst_port());
+    if s == IKE_PORT || d == IKE_PORT {
+        return true;
+    }
+    (s == NAT_T_PORT || d == NAT_T_PORT) && wire::udp::classify_nat_t(udp.payload()) == Ok(wire::udp::NatTPayload::Ike)
+}
+
+/// Offers the packet to every bundle in file order; each one whose selectors match the
+/// packet as it is at that point transforms it.
+pub fn outbound(spd: &Spd, ctx: &Context, pkt: &mut PacketBuf<'_>) -> Verdict {
+    if let Err(reason) = pkt.check_ipv4() {
+        return ctx.drop_packet(reason, None, None, format_args!("outbound packet is not IPv4"));
+    }
+    if is_ike(pkt) {
+        return Verdict::Pass;
+    }
+    let mut transformed = false;
+    for b in &spd.bundles {
+        let flow = pkt.flow();
+        let Some(sel) = &b.selector else {
+            // The bundle's own address is not known yet; what it would protect must not
+            // leave in clear meanwhile.
+            let remote = b.config.remote_subnet.unwrap_or(crate::config::Cidr::host(b.config.remote));
+            if remote.contains(flow.dst) && b.config.protocol.is_none_or(|p| p == flow.protocol) {
+                return ctx.drop_packet(
+                    DropReason::NoSa,
+                    Some(b),
+                    None,
+                    format_args!("{} -> {}: bundle waits for the host's address", flow.src, flow.dst),
+                );
+            }
+            continue;
+        };
+        if !sel.matches_outbound(&flow) {
+            continue;
+        }
+        let Some(sas) = &b.outbound else {
+            return ctx.drop_packet(
+                DropReason::NoSa,
+                Some(b),
+                None,
+                format_args!("{} -> {}: bundle has no SAs yet", flow.src, flow.dst),
+            );
+        };
+        if let Err((reason, sa)) = apply_bundle(b, sas, ctx, pkt) {
+            return ctx.drop_packet(reason, Some(b), sa, format_args!("outbound {} -> {}", flow.src, flow.dst));
+        }
+        transformed = true;
+    }
+    if transformed {
+        Verdict::Transformed
+    } else {
+        Verdict::Pass
+    }
+}
+
+type SaResult<'a> = Result<(), (DropReason, Option<&'a Sa>)>;
+
+fn apply_bundle<'a>(b: &BundlePolicy, sas: &'a SaSet, ctx: &Context, pkt: &mut PacketBuf<'_>) -> SaResult<'a> {
+    if b.is_tunnel() {
+        let local = b.local.unwrap_or(Ipv4Addr::UNSPECIFIED);
+        encapsulate(pkt, local, b.config.remote, ctx.next_ident()).map_err(|r| (r, None))?;
+    }
+    if let Some(sa) = &sas.ipcomp {
+        compress(sa, pkt).map_err(|r| (r, Some(&**sa)))?;
+    }
+    if let Some(sa) = &sas.esp {
+        esp_seal(sa, pkt).map_err(|r| (r, Some(&**sa)))?;
+    }
+    if let Some(sa) = &sas.ah {
+        ah_seal(sa, pkt).map_err(|r| (r, Some(&**sa)))?;
+    }
+    Ok(())
+}
+
+/// Tunnel mode: a new outer header local -> remote (RFC 4301 section 5.1.2.1: DF and DSCP
+/// copied, ECN copied as RFC 6040's normal mode says).
+fn encapsulate(pkt: &mut PacketBuf<'_>, local: Ipv4Addr, remote: Ipv4Addr, ident: u16) -> Result<(), DropReason> {
+    if pkt.offset < ipv4::HEADER_LEN {
+        return Err(DropReason::NoRoom);
+    }
+    let (tos, dont_frag) = {
+        let inner = pkt.ip();
+        (inner.tos(), inner.dont_frag())
+    };
+    let inner_len = pkt.len;
+    pkt.offset -= ipv4::HEADER_LEN;
+    pkt.len += ipv4::HEADER_LEN;
+    let repr = ipv4::Repr {
+        src_addr: local,
+        dst_addr: remote,
+        next_header: IpProtocol::IpIp,
+        payload_len: inner_len,
+        ttl: 64,
+        tos,
+        ident,
+        dont_frag,
+    };
+    repr.emit(&mut ipv4::Packet::new_unchecked(pkt.data_mut()));
+    Ok(())
+}
+
+fn compress(sa: &Sa, pkt: &mut PacketBuf<'_>) -> Result<(), DropReason> {
+    let SaTransform::IpComp(ctx) = &sa.transform else { return Ok(()) };
+    let hl = pkt.header_len();
+    let payload_len = pkt.len - hl;
+    sa.counters.count_packet(pkt.len);
+    if payload_len < IPCOMP_THRESHOLD {
+        return Ok(());
+    }
+    let mut guard = ctx.lock().unwrap_or_else(|e| e.into_inner());
+    let ctx = &mut *guard;
+    let Some(n) = ctx.deflate.compress(&pkt.data()[hl..], &mut ctx.scratch) else { return Ok(()) };
+    if n + ipcomp::HEADER_LEN >= payload_len {
+        return Ok(());
+    }
+    let next_header = pkt.ip().next_header();
+    let data = pkt.data_mut();
+    let repr = ipcomp::Repr { next_header, cpi: sa.spi as u16 };
+    repr.emit(&mut ipcomp::Packet::new_unchecked(&mut data[hl..hl + ipcomp::HEADER_LEN]));
+    data[hl + ipcomp::HEADER_LEN..hl + ipcomp::HEADER_LEN + n].copy_from_slice(&ctx.scratch[..n]);
+    pkt.len = hl + ipcomp::HEADER_LEN + n;
+    pkt.finish_header(IpProtocol::IpComp);
+    Ok(())
+}
+
+fn esp_seal(sa: &Sa, pkt: &mut PacketBuf<'_>) -> Result<(), DropReason> {
+    let SaTransform::Esp(crypto) = &sa.transform else { return Ok(()) };
+    let t = crypto.transform();
+    let (iv_len, icv_len) = (t.iv_len(), t.icv_len());
+    let hl = pkt.header_len();
+    let payload_len = pkt.len - hl;
+    let pad_len = esp::pad_len_for(payload_len, t.pad_align());
+    let tail = usize::from(pad_len) + 2 + icv_len;
+    if pkt.offset < esp::HEADER_LEN + iv_len || !pkt.has_tailroom(tail) {
+        return Err(DropReason::NoRoom);
+    }
+    let seq = sa.next_seq().ok_or(DropReason::SeqExhausted)?;
+    let next_header = pkt.ip().next_header();
+    sa.counters.count_packet(pkt.len);
+    pkt.open_gap(esp::HEADER_LEN + iv_len)?;
+    pkt.len += tail;
+    let data = pkt.data_mut();
+    let packet = &mut data[hl..];
+    let repr = esp::Repr { spi: sa.spi, sequence_number: seq };
+    repr.emit(&mut esp::Packet::new_unchecked(&mut packet[..esp::HEADER_LEN]));
+    let trailer_end = packet.len() - icv_len;
+    esp::Trailer { pad_len, next_header }.emit(&mut packet[..trailer_end]);
+    crypto.seal(packet, u64::from(seq)).map_err(|_| DropReason::NoRoom)?;
+    pkt.finish_header(IpProtocol::Esp);
+    Ok(())
+}
+
+/// AH's ICV input for IPv4 starts with the header with its mutable fields zeroed
+/// (RFC 4302 section 3.3.3.1); AH (ICV field zeroed) and the payload follow it in `data`.
+fn ah_icv_header(data: &[u8], hl: usize) -> [u8; 60] {
+    let mut header = [0u8; 60];
+    header[..hl].copy_from_slice(&data[..hl]);
+    ah::zero_mutable_ipv4_fields(&mut header[..hl]);
+    header
+}
+
+fn ah_len(icv_len: usize) -> usize {
+    (12 + icv_len + 3) & !3
+}
+
+fn ah_seal(sa: &Sa, pkt: &mut PacketBuf<'_>) -> Result<(), DropReason> {
+    let SaTransform::Ah(integ) = &sa.transform else { return Ok(()) };
+    let icv_len = integ.icv_len();
+    let len = ah_len(icv_len);
+    if pkt.offset < len {
+        return Err(DropReason::NoRoom);
+    }
+    let seq = sa.next_seq().ok_or(DropReason::SeqExhausted)?;
+    let next_header = pkt.ip().next_header();
+    sa.counters.count_packet(pkt.len);
+    pkt.open_gap(len)?;
+    let hl = pkt.header_len();
+    {
+        let data = pkt.data_mut();
+        let repr = ah::Repr { next_header, spi: sa.spi, sequence_number: seq, icv_len };
+        repr.emit(&mut ah::Packet::new_unchecked(&mut data[hl..hl + len]));
+    }
+    pkt.finish_header(IpProtocol::Ah);
+    let mut icv = [0u8; 32];
+    let header = ah_icv_header(pkt.data(), hl);
+    integ.compute(&[&header[..hl], &pkt.data()[hl..]], &mut icv[..icv_len]);
+    pkt.data_mut()[hl + 12..hl + 12 + icv_len].copy_from_slice(&icv[..icv_len]);
+    Ok(())
+}
+
+/// Where the inbound walk is inside a bundle: which of its layers (AH, ESP, IPComp, in
+/// that order) may come next.
+#[derive(Clone, Copy)]
+struct OpenBundle {
+    index: usize,
+    next_stage: usize,
+}
+
+fn stage_of(proto: SaProto) -> usize {
+    match proto {
+        SaProto::Ah => 0,
+        SaProto::Esp => 1,
+        SaProto::IpComp => 2,
+    }
+}
+
+/// True when the bundle still misses a mandatory layer (AH or ESP) from `from` on.
+/// IPComp is optional inbound: a packet that would not shrink is sent without it.
+fn misses_mandatory(b: &BundlePolicy, from: usize, to: usize) -> bool {
+    b.inbound_layers()[from.min(3)..to.min(3)].iter().any(|(p, present)| *present && *p != SaProto::IpComp)
+}
+
+/// Removes the IPsec layers addressed to this end in reverse order of application, then
+/// checks that exactly the bundles outbound policy would apply protected the packet.
+pub fn inbound(spd: &Spd, ctx: &Context, pkt: &mut PacketBuf<'_>) -> Verdict {
+    if let Err(reason) = pkt.check_ipv4() {
+        return ctx.drop_packet(reason, None, None, format_args!("inbound packet is not IPv4"));
+    }
+    let mut removed = BundleList::default();
+    let mut open: Option<OpenBundle> = None;
+    for _ in 0..MAX_LAYERS {
+        let ip = pkt.ip();
+        let next = ip.next_header();
+        let proto = match next {
+            IpProtocol::Esp => SaProto::Esp,
+            IpProtocol::Ah => SaProto::Ah,
+            IpProtocol::IpComp => SaProto::IpComp,
+            IpProtocol::IpIp => {
+                let Some(o) = open.filter(|o| spd.bundles[o.index].is_tunnel()) else { break };
+                let b = &spd.bundles[o.index];
+                if misses_mandatory(b, o.next_stage, 3) {
+                    return ctx.drop_packet(DropReason::WrongLayerOrder, Some(b), None, format_args!("tunnel payload before all of the bundle's layers"));
+                }
+                if let Err(reason) = decapsulate(pkt) {
+                    return ctx.drop_packet(reason, Some(b), None, format_args!("tunnel from {}", b.config.remote));
+                }
+                removed.push(o.index);
+                open = None;
+                continue;
+            }
+            _ => break,
+        };
+        let (src, dst) = (ip.src_addr(), ip.dst_addr());
+        if !spd.is_local(dst) {
+            break;
+        }
+        if ip.is_fragment() {
+            return ctx.drop_packet(DropReason::Fragment, guess_bundle(spd, src, dst), None, format_args!("{proto} fragment from {src}"));
+        }
+        let Some(spi) = read_spi(proto, ip.payload()) else {
+            return ctx.drop_packet(DropReason::Truncated, guess_bundle(spd, src, dst), None, format_args!("{proto} header cut short, from {src}"));
+        };
+        let Some((sa, index)) = spd.sad.lookup(proto, spi) else {
+            return ctx.drop_packet(
+                DropReason::UnknownSpi,
+                guess_bundle(spd, src, dst),
+                None,
+                format_args!("unknown {proto} SPI 0x{spi:08x} from {src} to {dst}"),
+            );
+        };
+        let b = &spd.bundles[index];
+        let stage = stage_of(proto);
+        let from = match open {
+            Some(o) if o.index == index => o.next_stage,
+            Some(o) => {
+                let prev = &spd.bundles[o.index];
+                if prev.is_tunnel() || misses_mandatory(prev, o.next_stage, 3) || !removed.push(o.index) {
+                    return ctx.drop_packet(DropReason::WrongLayerOrder, Some(prev), Some(sa), format_args!("{proto} SPI 0x{spi:08x} inside an incomplete bundle"));
+                }
+                0
+            }
+            None => 0,
+        };
+        if stage < from || misses_mandatory(b, from, stage) {
+            return ctx.drop_packet(DropReason::WrongLayerOrder, Some(b), Some(sa), format_args!("{proto} SPI 0x{spi:08x} from {src}: layers out of order"));
+        }
+        let result = match proto {
+            SaProto::Esp => esp_open(sa, pkt),
+            SaProto::Ah => ah_open(sa, pkt),
+            SaProto::IpComp => decompress(sa, pkt),
+        };
+        if let Err(reason) = result {
+            return ctx.drop_packet(reason, Some(b), Some(sa), format_args!("{proto} SPI 0x{spi:08x} from {src}"));
+        }
+        open = Some(OpenBundle { index, next_stage: stage + 1 });
+    }
+    if let Some(o) = open {
+        let b = &spd.bundles[o.index];
+        if b.is_tunnel() || misses_mandatory(b, o.next_stage, 3) || !removed.push(o.index) {
+            return ctx.drop_packet(DropReason::WrongLayerOrder, Some(b), None, format_args!("incomplete bundle layers"));
+        }
+    }
+    check_policy(spd, ctx, pkt, &removed)
+}
+
+/// The inbound policy check of SPEC §2: the removed bundles, in file order, must be
+/// exactly the ones the peer's outbound processing would have applied.
+fn check_policy(spd: &Spd, ctx: &Context, pkt: &PacketBuf<'_>, removed: &BundleList) -> Verdict {
+    if removed.is_empty() && is_ike(pkt) {
+        return Verdict::Pass;
+    }
+    let flow = pkt.flow();
+    let mut expected = BundleList::default();
+    spd.expected_inbound(&flow, &mut expected);
+    let got = removed.as_slice();
+    let matches = expected.as_slice().len() == got.len() && expected.as_slice().iter().eq(got.iter().rev());
+    if matches {
+        return if got.is_empty() { Verdict::Pass } else { Verdict::Transformed };
+    }
+    let bundle = expected.first().or(got.first().copied()).map(|i| &spd.bundles[i]);
+    let proto = IpProtocol::from(flow.protocol);
+    if got.is_empty() {
+        ctx.drop_packet(DropReason::PolicyViolation, bundle, None, format_args!("cleartext {proto} {} -> {} for a protected selector", flow.src, flow.dst))
+    } else {
+        ctx.drop_packet(DropReason::PolicyViolation, bundle, None, format_args!("{proto} {} -> {} protected by the wrong bundles", flow.src, flow.dst))
+    }
+}
+
+/// The bundle an unattributable packet most likely concerns, for the log: the one with
+/// this peer and this local address.
+fn guess_bundle(spd: &Spd, src: Ipv4Addr, dst: Ipv4Addr) -> Option<&BundlePolicy> {
+    spd.bundles
+        .iter()
+        .find(|b| b.config.remote == src && b.local == Some(dst))
+        .or_else(|| spd.bundles.iter().find(|b| b.config.remote == src))
+}
+
+fn read_spi(proto: SaProto, payload: &[u8]) -> Option<u32> {
+    let be32 = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    match proto {
+        SaProto::Esp => esp::Packet::new_checked(payload).ok().map(|p| p.spi()),
+        SaProto::Ah => (payload.len() >= 12).then(|| be32(&payload[4..8])),
+        SaProto::IpComp => ipcomp::Packet::new_checked(payload).ok().map(|p| u32::from(p.cpi())),
+    }
+}
+
+fn replay_drop(e: ReplayError) -> DropReason {
+    match e {
+        ReplayError::Duplicate => DropReason::Replay,
+        ReplayError::TooOld => DropReason::ReplayTooOld,
+    }
+}
+
+fn esp_open(sa: &Sa, pkt: &mut PacketBuf<'_>) -> Result<(), DropReason> {
+    let SaTransform::Esp(crypto) = &sa.transform else { return Err(DropReason::UnknownSpi) };
+    let t = crypto.transform();
+    let (iv_len, icv_len) = (t.iv_len(), t.icv_len());
+    let hl = pkt.header_len();
+    let esp_len = pkt.len - hl;
+    if esp_len < esp::HEADER_LEN + iv_len + icv_len + 2 {
+        return Err(DropReason::Truncated);
+    }
+    let seq = esp::Packet::new_unchecked(&pkt.data()[hl..]).sequence_number();
+    sa.replay().check(seq).map_err(replay_drop)?;
+    let packet_len = pkt.len;
+    let packet = &mut pkt.data_mut()[hl..];
+    crypto.open(packet).map_err(|e| match e {
+        crate::crypto::CryptoError::AuthFailed => DropReason::AuthFailed,
+        crate::crypto::CryptoError::BadLength => DropReason::Truncated,
+    })?;
+    sa.replay().accept(seq).map_err(replay_drop)?;
+    sa.counters.count_packet(packet_len);
+    let plaintext = &packet[esp::HEADER_LEN + iv_len..esp_len - icv_len];
+    let trailer = esp::Trailer::parse(plaintext).map_err(|e| match e {
+        wire::Error::Truncated => DropReason::Truncated,
+        wire::Error::Malformed => DropReason::BadPadding,
+    })?;
+    if trailer.next_header == IpProtocol::NoNextHeader {
+        return Err(DropReason::Dummy);
+    }
+    let payload_len = plaintext.len() - usize::from(trailer.pad_len) - 2;
+    pkt.len = hl + esp::HEADER_LEN + iv_len + payload_len;
+    pkt.close_gap(esp::HEADER_LEN + iv_len);
+    pkt.finish_header(trailer.next_header);
+    Ok(())
+}
+
+fn ah_open(sa: &Sa, pkt: &mut PacketBuf<'_>) -> Result<(), DropReason> {
+    let SaTransform::Ah(integ) = &sa.transform else { return Err(DropReason::UnknownSpi) };
+    let icv_len = integ.icv_len();
+    let hl = pkt.header_len();
+    let (seq, next_header, header_len) = match ah::Packet::new_checked(&pkt.data()[hl..]) {
+        Ok(p) => (p.sequence_number(), p.next_header(), p.header_len()),
+        Err(_) => return Err(DropReason::Truncated),
+    };
+    if usize::from(header_len) != ah_len(icv_len) {
+        return Err(DropReason::Truncated);
+    }
+    sa.replay().check(seq).map_err(replay_drop)?;
+    let mut received = [0u8; 32];
+    received[..icv_len].copy_from_slice(&pkt.data()[hl + 12..hl + 12 + icv_len]);
+    pkt.data_mut()[hl + 12..hl + usize::from(header_len)].fill(0);
+    let header = ah_icv_header(pkt.data(), hl);
+    if !integ.verify(&[&header[..hl], &pkt.data()[hl..]], &received[..icv_len]) {
+        return Err(DropReason::AuthFailed);
+    }
+    sa.replay().accept(seq).map_err(replay_drop)?;
+    sa.counters.count_packet(pkt.len);
+    pkt.close_gap(usize::from(header_len));
+    pkt.finish_header(next_header);
+    Ok(())
+}
+
+fn decompress(sa: &Sa, pkt: &mut PacketBuf<'_>) -> Result<(), DropReason> {
+    let SaTransform::IpComp(ctx) = &sa.transform else { return Err(DropReason::UnknownSpi) };
+    let hl = pkt.header_len();
+    let next_header = match ipcomp::Packet::new_checked(&pkt.data()[hl..]) {
+        Ok(p) => p.next_header(),
+        Err(_) => return Err(DropReason::Truncated),
+    };
+    sa.counters.count_packet(pkt.len);
+    let mut guard = ctx.lock().unwrap_or_else(|e| e.into_inner());
+    let ctx = &mut *guard;
+    let n = ctx
+        .deflate
+        .decompress(&pkt.data()[hl + ipcomp::HEADER_LEN..], &mut ctx.scratch)
+        .map_err(|e| match e {
+            crate::crypto::DecompressError::Malformed => DropReason::DecompressFailed,
+            crate::crypto::DecompressError::TooLarge => DropReason::DecompressTooLarge,
+        })?;
+    if hl + n > pkt.buf.len() || hl + n > usize::from(u16::MAX) {
+        return Err(DropReason::NoRoom);
+    }
+    // Keep the packet where it is if it fits; otherwise slide it towards the headroom.
+    let new_offset = pkt.offset.min(pkt.buf.len() - (hl + n));
+    pkt.buf.copy_within(pkt.offset..pkt.offset + hl, new_offset);
+    pkt.buf[new_offset + hl..new_offset + hl + n].copy_from_slice(&ctx.scratch[..n]);
+    pkt.offset = new_offset;
+    pkt.len = hl + n;
+    pkt.finish_header(next_header);
+    Ok(())
+}
+
+/// Tunnel mode inbound: the inner packet replaces the outer one; a congestion mark on the
+/// outer header is carried to an ECN-capable inner packet (RFC 6040).
+fn decapsulate(pkt: &mut PacketBuf<'_>) -> Result<(), DropReason> {
+    let hl = pkt.header_len();
+    let outer_ecn = pkt.ip().tos() & 0x03;
+    let inner_len = match ipv4::Packet::new_checked(&pkt.data()[hl..]) {
+        Ok(inner) => usize::from(inner.total_len()),
+        Err(_) => return Err(DropReason::BadInnerPacket),
+    };
+    pkt.offset += hl;
+    pkt.len = inner_len;
+    let mut inner = ipv4::Packet::new_unchecked(pkt.data_mut());
+    let tos = inner.tos();
+    if outer_ecn == 0x03 && (tos & 0x03) != 0 && (tos & 0x03) != 0x03 {
+        inner.set_tos(tos | 0x03);
+        inner.fill_checksum();
+    }
+    Ok(())
+}

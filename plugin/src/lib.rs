@@ -1,0 +1,364 @@
+//! The IPsec plugin: SA bundles from `ipsec.cfg` applied to a host's IPv4 packets in place.
+//!
+//! Data flows one way: bytes in → checked view (`wire`) → decision (`spd`, `engine`) →
+//! in-place transform (`crypto`) → verdict out. `ffi` is the only exported C surface;
+//! this Rust API is what it wraps (and what Rust hosts and tests use directly).
+
+#![deny(unsafe_code)]
+
+pub mod config;
+pub mod crypto;
+pub mod dump;
+pub mod engine;
+mod ffi;
+pub mod log;
+pub mod sad;
+pub mod spd;
+pub mod stats;
+pub mod wire;
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use crate::config::{Bundle, Keying};
+use crate::engine::Context;
+use crate::log::{EventLog, Level, LogOptions};
+use crate::spd::{Carried, Spd};
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// What the plugin needs from its host.
+pub trait Host: Send + Sync + 'static {
+    /// A line for the host's output window (ERR and SEC events).
+    fn output_window(&self, line: &str);
+    /// Milliseconds since the Unix epoch.
+    fn now_ms(&self) -> u64;
+    /// A packet the plugin generates or releases, for the host to send on.
+    fn emit_packet(&self, direction: Direction, packet: &[u8]);
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Outbound,
+    Inbound,
+}
+
+/// What the host does with the packet after a hook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Not for IPsec: forward it as it was.
+    Pass,
+    /// Rewritten in place: forward `buf[offset..offset + len]`.
+    Transformed,
+    /// Discard it (counted and, for security events, logged).
+    Drop,
+    /// Kept by the plugin until keys arrive; the host must not send it.
+    Held,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DumpFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// `ipsec.cfg`, or the directory holding it.
+    pub config_path: PathBuf,
+    /// Default: `ipsec.log` beside `ipsec.cfg`.
+    pub log_path: Option<PathBuf>,
+    /// 0 = the default cap.
+    pub log_max_bytes: u64,
+    /// Writes DBG lines.
+    pub debug: bool,
+}
+
+/// A packet in a host buffer: the IPv4 packet is `buf[offset..offset + len]`; the bytes
+/// before it are headroom and those after it tailroom, which transforms grow into.
+pub struct PacketBuf<'a> {
+    pub buf: &'a mut [u8],
+    pub offset: usize,
+    pub len: usize,
+}
+
+/// Headroom and tailroom that always suffice for the worst case of one bundle:
+/// tunnel header, IPComp, ESP header and IV, AH; ESP padding and ICV.
+pub const MIN_HEADROOM_PER_BUNDLE: usize = 20 + 4 + 8 + 16 + 28;
+pub const MIN_TAILROOM_PER_BUNDLE: usize = 15 + 2 + 16;
+
+#[derive(Debug)]
+pub enum Error {
+    ConfigIo { path: PathBuf, source: std::io::Error },
+    LogIo { path: PathBuf, source: std::io::Error },
+    NoSuchBundle(String),
+    NotIkeBundle(String),
+    Keys(String),
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::ConfigIo { path, source } => write!(f, "cannot read {}: {source}", path.display()),
+            Error::LogIo { path, source } => write!(f, "cannot open log {}: {source}", path.display()),
+            Error::NoSuchBundle(b) => write!(f, "no bundle named [{b}]"),
+            Error::NotIkeBundle(b) => write!(f, "bundle [{b}] is manually keyed; keys can be installed only for keying = ike"),
+            Error::Keys(msg) => write!(f, "bad keys: {msg}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// Random numbers for things that need not be secret but must not be predictable
+/// across restarts (the IPv4 identification of tunnel headers).
+fn crypto_random_u32() -> u32 {
+    let mut b = [0u8; 4];
+    crypto::fill_random(&mut b);
+    u32::from_be_bytes(b)
+}
+
+/// One plugin instance. Hooks take `&self` and may run on many threads at once.
+pub struct Plugin {
+    options: Options,
+    config_file: PathBuf,
+    host: Arc<dyn Host>,
+    ctx: Context,
+    spd: RwLock<Arc<Spd>>,
+    /// The configured bundles and the host's address: what the Spd is rebuilt from.
+    /// Held across a rebuild so two control events cannot interleave.
+    control: Mutex<ControlState>,
+}
+
+struct ControlState {
+    bundles: Vec<Bundle>,
+    dynamic_local: Option<Ipv4Addr>,
+}
+
+fn config_file(path: &Path) -> PathBuf {
+    if path.is_dir() {
+        path.join("ipsec.cfg")
+    } else {
+        path.to_path_buf()
+    }
+}
+
+impl Plugin {
+    /// Opens an instance. Returns it with the number of configuration errors: bundles with
+    /// errors are not active, the others are.
+    pub fn open(options: Options, host: Arc<dyn Host>) -> Result<(Plugin, usize), Error> {
+        let config_file = config_file(&options.config_path);
+        let clock_host = Arc::clone(&host);
+        let clock: log::Clock = Arc::new(move || clock_host.now_ms());
+        let window_host = Arc::clone(&host);
+        let window: log::OutputWindow = Arc::new(move |line: &str| window_host.output_window(line));
+        // Read the configuration first: if it is missing, there is no place for ipsec.log
+        // either, and the operator learns why through the output window alone.
+        let config = match config::load(&config_file) {
+            Ok(c) => c,
+            Err(source) => {
+                if let Ok(log) = EventLog::open(LogOptions { path: None, ..LogOptions::default() }, clock, Some(window)) {
+                    log.event(Level::Err, "", "config", format_args!("cannot read {}: {source}", config_file.display()));
+                }
+                return Err(Error::ConfigIo { path: config_file, source });
+            }
+        };
+        let log_path = options
+            .log_path
+            .clone()
+            .unwrap_or_else(|| config_file.parent().unwrap_or(Path::new(".")).join("ipsec.log"));
+        let mut log_options = LogOptions { path: Some(log_path.clone()), debug: options.debug, ..LogOptions::default() };
+        if options.log_max_bytes != 0 {
+            log_options.max_bytes = options.log_max_bytes;
+        }
+        let log = EventLog::open(log_options, clock, Some(window)).map_err(|source| Error::LogIo { path: log_path, source })?;
+        log.event(Level::Inf, "", "load", format_args!("plugin {VERSION} loaded, config {}", config_file.display()));
+        let plugin = Plugin {
+            options,
+            config_file,
+            host,
+            ctx: Context::new(log),
+            spd: RwLock::new(Arc::new(Spd { bundles: Vec::new(), sad: Default::default() })),
+            control: Mutex::new(ControlState { bundles: Vec::new(), dynamic_local: None }),
+        };
+        let errors = plugin.apply_config(config);
+        Ok((plugin, errors))
+    }
+
+    fn control(&self) -> std::sync::MutexGuard<'_, ControlState> {
+        self.control.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn current(&self) -> Arc<Spd> {
+        Arc::clone(&self.spd.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn log(&self) -> &EventLog {
+        &self.ctx.log
+    }
+
+    /// Activates the good bundles of a configuration, keeping the SAs (and so sequence
+    /// numbers, windows, counters and installed IKE keys) of bundles that did not change.
+    /// Returns the number of errors (in the file, or bundles that could not be activated).
+    fn apply_config(&self, config: config::Config) -> usize {
+        for e in &config.errors {
+            self.log().event(Level::Err, e.bundle.as_deref().unwrap_or(""), "config", format_args!("{e}"));
+        }
+        for w in &config.warnings {
+            self.log().event(Level::Wrn, w.bundle.as_deref().unwrap_or(""), "config-warning", format_args!("{w}"));
+        }
+        let mut control = self.control();
+        control.bundles = config.bundles;
+        let failed = self.rebuild(&control);
+        config.errors.len() + failed
+    }
+
+    /// Builds a new Spd from the control state; returns the number of bundles that could
+    /// not be activated.
+    fn rebuild(&self, control: &ControlState) -> usize {
+        let old = self.current();
+        let (spd, errors) = Spd::build(&control.bundles, control.dynamic_local, self.host.now_ms(), |b| {
+            old.find(&b.name).filter(|p| p.config == *b).map(|p| Carried {
+                outbound: p.outbound.clone(),
+                inbound: p.inbound.clone(),
+                counters: Arc::clone(&p.counters),
+            })
+        });
+        for e in &errors {
+            self.log().event(Level::Err, &e.bundle, "activate", format_args!("bundle not activated: {}", e.message));
+        }
+        for b in &spd.bundles {
+            let was = old.find(b.name()).map(|p| p.state());
+            if was != Some(b.state()) {
+                let local = b.local.map_or_else(|| "dynamic".to_string(), |a| a.to_string());
+                self.log().event(
+                    Level::Inf,
+                    b.name(),
+                    "bundle",
+                    format_args!("bundle {} ({} {} <-> {})", b.state().name(), mode_name(b), local, b.config.remote),
+                );
+            }
+        }
+        *self.spd.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(spd);
+        errors.len()
+    }
+
+    pub fn outbound(&self, pkt: &mut PacketBuf<'_>) -> Verdict {
+        if pkt.offset.checked_add(pkt.len).is_none_or(|end| end > pkt.buf.len()) {
+            return Verdict::Drop;
+        }
+        engine::outbound(&self.current(), &self.ctx, pkt)
+    }
+
+    pub fn inbound(&self, pkt: &mut PacketBuf<'_>) -> Verdict {
+        if pkt.offset.checked_add(pkt.len).is_none_or(|end| end > pkt.buf.len()) {
+            return Verdict::Drop;
+        }
+        engine::inbound(&self.current(), &self.ctx, pkt)
+    }
+
+    /// The host is connected with `local` as its address: bundles with `local = 0.0.0.0`
+    /// come alive with it, or move to it.
+    pub fn connect(&self, local: Ipv4Addr) {
+        let mut control = self.control();
+        if control.dynamic_local == Some(local) {
+            return;
+        }
+        let previous = control.dynamic_local.replace(local);
+        match previous {
+            Some(old) => self.log().event(Level::Inf, "", "address", format_args!("local address changed from {old} to {local}")),
+            None => self.log().event(Level::Inf, "", "address", format_args!("connected with local address {local}")),
+        }
+        self.rebuild(&control);
+    }
+
+    /// The host's link went down: bundles on the dynamic address stop until the next connect.
+    pub fn link_down(&self) {
+        let mut control = self.control();
+        if let Some(old) = control.dynamic_local.take() {
+            self.log().event(Level::Inf, "", "address", format_args!("link down, local address {old} released"));
+            self.rebuild(&control);
+        }
+    }
+
+    /// Re-reads ipsec.cfg. An unreadable file changes nothing (the running policy stays).
+    pub fn reload(&self) -> Result<usize, Error> {
+        self.log().flush();
+        self.log().event(Level::Inf, "", "reload", format_args!("reloading {}", self.config_file.display()));
+        let config = config::load(&self.config_file).map_err(|source| {
+            self.log().event(Level::Err, "", "config", format_args!("cannot read {}: {source}", self.config_file.display()));
+            Error::ConfigIo { path: self.config_file.clone(), source }
+        })?;
+        Ok(self.apply_config(config))
+    }
+
+    /// Installs SAs for a `keying = ike` bundle from `key = value` lines with the
+    /// manual-key names (what the keying daemon link does; also usable by hosts and tests).
+    pub fn install_keys(&self, bundle: &str, keys: &str) -> Result<(), Error> {
+        let control = self.control();
+        let Some(b) = control.bundles.iter().find(|b| b.name == bundle) else {
+            return Err(Error::NoSuchBundle(bundle.to_string()));
+        };
+        if !matches!(b.keying, Keying::Ike(_)) {
+            return Err(Error::NotIkeBundle(bundle.to_string()));
+        }
+        let sa_keys = config::parse_sa_keys(keys, "keys", b.esp, b.ah, b.ipcomp)
+            .map_err(|errs| Error::Keys(errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")))?;
+        let (outbound, inbound) =
+            spd::build_sa_sets(b, &sa_keys, self.host.now_ms()).map_err(|e| Error::Keys(e.to_string()))?;
+        let old = self.current();
+        let (spd, errors) = Spd::build(&control.bundles, control.dynamic_local, self.host.now_ms(), |c| {
+            if c.name == bundle {
+                let counters = old.find(bundle).map(|p| Arc::clone(&p.counters)).unwrap_or_default();
+                return Some(Carried { outbound: Some(outbound.clone()), inbound: Some(inbound.clone()), counters });
+            }
+            old.find(&c.name).filter(|p| p.config == *c).map(|p| Carried {
+                outbound: p.outbound.clone(),
+                inbound: p.inbound.clone(),
+                counters: Arc::clone(&p.counters),
+            })
+        });
+        if let Some(e) = errors.iter().find(|e| e.bundle == bundle) {
+            return Err(Error::Keys(e.message.clone()));
+        }
+        for sa in outbound.iter().chain(inbound.iter()) {
+            self.log().event(
+                Level::Inf,
+                bundle,
+                "sa",
+                format_args!("SA installed: {} {} SPI 0x{:08x} {}", if sa.inbound { "in" } else { "out" }, sa.proto, sa.spi, sa.transform.description()),
+            );
+        }
+        *self.spd.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(spd);
+        Ok(())
+    }
+
+    pub fn dump(&self, format: DumpFormat) -> String {
+        let spd = self.current();
+        let now = self.host.now_ms();
+        match format {
+            DumpFormat::Text => dump::text(&spd, &self.ctx.global, now),
+            DumpFormat::Json => dump::json(&spd, &self.ctx.global, now),
+        }
+    }
+
+    pub fn options(&self) -> &Options {
+        &self.options
+    }
+}
+
+fn mode_name(b: &spd::BundlePolicy) -> &'static str {
+    if b.is_tunnel() {
+        "tunnel"
+    } else {
+        "transport"
+    }
+}
+
+impl Drop for Plugin {
+    fn drop(&mut self) {
+        self.log().event(Level::Inf, "", "load", format_args!("plugin closed"));
+        self.log().flush();
+    }
+}

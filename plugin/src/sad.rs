@@ -1,0 +1,308 @@
+//! The SA database: one `Sa` per (direction, protocol) of a bundle, with its crypto context,
+//! sequence number or anti-replay window, and counters; inbound SAs are found by SPI in a
+//! hash map, so the lookup cost does not grow with the number of SAs.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::crypto::{Deflate, EspCrypto, Integrity, KeyError, IPCOMP_MAX_DECOMPRESSED};
+use crate::stats::Counters;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SaProto {
+    Esp,
+    Ah,
+    IpComp,
+}
+
+impl SaProto {
+    pub fn name(self) -> &'static str {
+        match self {
+            SaProto::Esp => "esp",
+            SaProto::Ah => "ah",
+            SaProto::IpComp => "ipcomp",
+        }
+    }
+}
+
+impl fmt::Display for SaProto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// IPComp's per-SA state: the deflate streams and a scratch buffer, so no packet allocates.
+pub struct IpCompContext {
+    pub deflate: Deflate,
+    pub scratch: Box<[u8]>,
+}
+
+pub enum SaTransform {
+    Esp(EspCrypto),
+    Ah(Integrity),
+    /// Deflate streams are stateful, so compressing packets of one SA is serialised.
+    IpComp(Mutex<IpCompContext>),
+}
+
+impl SaTransform {
+    pub fn ipcomp() -> SaTransform {
+        SaTransform::IpComp(Mutex::new(IpCompContext {
+            deflate: Deflate::new(),
+            scratch: vec![0u8; IPCOMP_MAX_DECOMPRESSED].into_boxed_slice(),
+        }))
+    }
+
+    pub fn description(&self) -> String {
+        match self {
+            SaTransform::Esp(c) => c.transform().to_string(),
+            SaTransform::Ah(i) => format!("hmac-{}", i.alg().name()),
+            SaTransform::IpComp(_) => "deflate".to_string(),
+        }
+    }
+}
+
+/// RFC 4303 section 3.4.3 anti-replay window, as a bitmap of up to 4096 packets.
+/// Bit `s % SIZE` says whether sequence number `s` (within the window) was seen.
+#[derive(Debug, Clone)]
+pub struct ReplayWindow {
+    size: u32,
+    top: u32,
+    bits: [u64; ReplayWindow::WORDS],
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayError {
+    Duplicate,
+    TooOld,
+}
+
+impl ReplayWindow {
+    pub const MAX: u32 = 4096;
+    const WORDS: usize = (ReplayWindow::MAX / 64) as usize;
+
+    pub fn new(size: u32) -> ReplayWindow {
+        ReplayWindow { size: size.min(Self::MAX), top: 0, bits: [0; Self::WORDS] }
+    }
+
+    pub fn size(&self) -> u32 {
+        self.size
+    }
+
+    /// Highest sequence number accepted so far.
+    pub fn top(&self) -> u32 {
+        self.top
+    }
+
+    fn bit(seq: u32) -> (usize, u64) {
+        let i = seq % Self::MAX;
+        ((i / 64) as usize, 1u64 << (i % 64))
+    }
+
+    /// Whether `seq` could be accepted; does not change the window (the ICV is not checked yet).
+    pub fn check(&self, seq: u32) -> Result<(), ReplayError> {
+        if self.size == 0 {
+            return Ok(());
+        }
+        if seq == 0 {
+            // The first packet of an SA carries 1 (RFC 4303 section 3.3.3).
+            return Err(ReplayError::TooOld);
+        }
+        if seq > self.top {
+            return Ok(());
+        }
+        if self.top - seq >= self.size {
+            return Err(ReplayError::TooOld);
+        }
+        let (w, m) = Self::bit(seq);
+        if self.bits[w] & m != 0 {
+            Err(ReplayError::Duplicate)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Records `seq` after its ICV verified. Checks again, because another thread may
+    /// have accepted the same sequence number in the meantime.
+    pub fn accept(&mut self, seq: u32) -> Result<(), ReplayError> {
+        self.check(seq)?;
+        if self.size == 0 {
+            self.top = self.top.max(seq);
+            return Ok(());
+        }
+        if seq > self.top {
+            let advance = seq - self.top;
+            if advance >= Self::MAX {
+                self.bits = [0; Self::WORDS];
+            } else {
+                // Clear the bits of the sequence numbers the window slides over.
+                // Only an authenticated packet moves the window, so this loop is bounded
+                // by the window size and usually runs once.
+                for s in self.top + 1..=seq {
+                    let (w, m) = Self::bit(s);
+                    self.bits[w] &= !m;
+                }
+            }
+            self.top = seq;
+        }
+        let (w, m) = Self::bit(seq);
+        self.bits[w] |= m;
+        Ok(())
+    }
+}
+
+/// One direction of one protocol of one bundle.
+pub struct Sa {
+    pub proto: SaProto,
+    /// SPI for ESP and AH; CPI (16 bits) for IPComp.
+    pub spi: u32,
+    pub inbound: bool,
+    pub transform: SaTransform,
+    /// Outbound: the last sequence number sent. 64 bits so the 32-bit space cannot wrap.
+    seq: AtomicU64,
+    /// Inbound only (size 0 = off).
+    replay: Mutex<ReplayWindow>,
+    pub counters: Counters,
+    pub created_ms: u64,
+}
+
+impl Sa {
+    pub fn new(proto: SaProto, spi: u32, inbound: bool, transform: SaTransform, replay_window: u32, now_ms: u64) -> Sa {
+        Sa {
+            proto,
+            spi,
+            inbound,
+            transform,
+            seq: AtomicU64::new(0),
+            replay: Mutex::new(ReplayWindow::new(replay_window)),
+            counters: Counters::default(),
+            created_ms: now_ms,
+        }
+    }
+
+    pub fn esp(spi: u32, inbound: bool, t: crate::crypto::EspTransform, enc: &[u8], auth: &[u8], window: u32, now_ms: u64) -> Result<Sa, KeyError> {
+        Ok(Sa::new(SaProto::Esp, spi, inbound, SaTransform::Esp(EspCrypto::new(t, enc, auth)?), window, now_ms))
+    }
+
+    pub fn ah(spi: u32, inbound: bool, alg: crate::crypto::IntegAlg, key: &[u8], window: u32, now_ms: u64) -> Result<Sa, KeyError> {
+        Ok(Sa::new(SaProto::Ah, spi, inbound, SaTransform::Ah(Integrity::new(alg, key)?), window, now_ms))
+    }
+
+    /// Next outbound sequence number, or None once 2^32 - 1 has been used: a sequence
+    /// number never wraps silently (RFC 4303 section 3.3.3).
+    pub fn next_seq(&self) -> Option<u32> {
+        let n = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        u32::try_from(n).ok()
+    }
+
+    /// Last outbound sequence number sent, or for inbound SAs the top of the window.
+    pub fn last_seq(&self) -> u64 {
+        if self.inbound {
+            u64::from(self.replay().top())
+        } else {
+            self.seq.load(Ordering::Relaxed).min(u64::from(u32::MAX))
+        }
+    }
+
+    pub fn replay(&self) -> MutexGuard<'_, ReplayWindow> {
+        // A poisoned lock only means another thread panicked mid-update of a plain bitmap;
+        // the bitmap is still usable.
+        self.replay.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Inbound SAs by (protocol, SPI), each with the index of the bundle that owns it.
+#[derive(Default)]
+pub struct Sad {
+    inbound: HashMap<(SaProto, u32), (Arc<Sa>, usize)>,
+}
+
+impl Sad {
+    /// Adds an inbound SA; false if that SPI is already taken.
+    pub fn insert(&mut self, sa: Arc<Sa>, bundle: usize) -> bool {
+        let key = (sa.proto, sa.spi);
+        if self.inbound.contains_key(&key) {
+            return false;
+        }
+        self.inbound.insert(key, (sa, bundle));
+        true
+    }
+
+    pub fn lookup(&self, proto: SaProto, spi: u32) -> Option<(&Arc<Sa>, usize)> {
+        self.inbound.get(&(proto, spi)).map(|(sa, b)| (sa, *b))
+    }
+
+    pub fn contains(&self, proto: SaProto, spi: u32) -> bool {
+        self.inbound.contains_key(&(proto, spi))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replay_window_accepts_new_and_rejects_duplicates() {
+        let mut w = ReplayWindow::new(64);
+        assert_eq!(w.check(0), Err(ReplayError::TooOld));
+        for s in 1..=100 {
+            assert_eq!(w.accept(s), Ok(()));
+            assert_eq!(w.accept(s), Err(ReplayError::Duplicate));
+        }
+        assert_eq!(w.top(), 100);
+        // 37 is the left edge (100 - 63): still inside, already seen.
+        assert_eq!(w.check(37), Err(ReplayError::Duplicate));
+        assert_eq!(w.check(36), Err(ReplayError::TooOld));
+    }
+
+    #[test]
+    fn replay_window_out_of_order_inside_window() {
+        let mut w = ReplayWindow::new(64);
+        w.accept(10).unwrap();
+        w.accept(5).unwrap();
+        assert_eq!(w.accept(5), Err(ReplayError::Duplicate));
+        w.accept(7).unwrap();
+        w.accept(200).unwrap();
+        // The jump cleared the old bits: 150 is new, 10 is too old.
+        assert_eq!(w.check(150), Ok(()));
+        assert_eq!(w.check(10), Err(ReplayError::TooOld));
+        assert_eq!(w.check(200), Err(ReplayError::Duplicate));
+    }
+
+    #[test]
+    fn replay_window_large_and_word_boundaries() {
+        let mut w = ReplayWindow::new(4096);
+        for s in (1..10_000).step_by(3) {
+            w.accept(s).unwrap();
+        }
+        let top = w.top();
+        for s in top.saturating_sub(4095)..=top {
+            let expect = if (s - 1) % 3 == 0 { Err(ReplayError::Duplicate) } else { Ok(()) };
+            assert_eq!(w.check(s), expect, "seq {s}");
+        }
+        assert_eq!(w.check(top - 4096), Err(ReplayError::TooOld));
+        // A jump by exactly one window clears everything.
+        w.accept(top + 4096).unwrap();
+        assert_eq!(w.check(top + 1), Ok(()));
+    }
+
+    #[test]
+    fn replay_window_off_accepts_everything() {
+        let mut w = ReplayWindow::new(0);
+        w.accept(5).unwrap();
+        w.accept(5).unwrap();
+        w.accept(1).unwrap();
+        assert_eq!(w.check(0), Ok(()));
+    }
+
+    #[test]
+    fn outbound_sequence_never_wraps() {
+        let sa = Sa::new(SaProto::Ah, 0x1000, false, SaTransform::ipcomp(), 0, 0);
+        sa.seq.store(u64::from(u32::MAX) - 1, Ordering::Relaxed);
+        assert_eq!(sa.next_seq(), Some(u32::MAX));
+        assert_eq!(sa.next_seq(), None);
+        assert_eq!(sa.next_seq(), None);
+        assert_eq!(sa.last_seq(), u64::from(u32::MAX));
+    }
+}
