@@ -86,7 +86,8 @@ pub type PluginNewFn = unsafe extern "C" fn(
     out: *mut *mut ipsec_plugin,
 ) -> u32;
 pub type PluginFreeFn = unsafe extern "C" fn(plugin: *mut ipsec_plugin);
-pub type HookFn = unsafe extern "C" fn(plugin: *const ipsec_plugin, packet: *mut ipsec_packet) -> u32;
+pub type HookFn =
+    unsafe extern "C" fn(plugin: *const ipsec_plugin, packet: *mut ipsec_packet) -> u32;
 pub type ConnectFn = unsafe extern "C" fn(plugin: *const ipsec_plugin, local_addr: u32) -> u32;
 pub type PluginFn = unsafe extern "C" fn(plugin: *const ipsec_plugin) -> u32;
 pub type InstallKeysFn = unsafe extern "C" fn(
@@ -142,7 +143,8 @@ mod tests {
                     None => line.split_once(" = ")?,
                 };
                 let value = value.trim().parse().ok()?;
-                name.starts_with("IPSEC_").then(|| (name.trim().to_string(), value))
+                name.starts_with("IPSEC_")
+                    .then(|| (name.trim().to_string(), value))
             })
             .collect()
     }
@@ -154,8 +156,16 @@ mod tests {
         let in_header = header_numbers(&header);
         for (name, value) in &in_header {
             let mirrored = NUMBERS.iter().find(|(n, _)| n == name);
-            assert_eq!(mirrored.map(|m| m.1), Some(*value), "{name} in the header vs abi.rs");
+            assert_eq!(
+                mirrored.map(|m| m.1),
+                Some(*value),
+                "{name} in the header vs abi.rs"
+            );
         }
-        assert_eq!(in_header.len(), NUMBERS.len(), "abi.rs has numbers the header lacks");
+        assert_eq!(
+            in_header.len(),
+            NUMBERS.len(),
+            "abi.rs has numbers the header lacks"
+        );
     }
 }

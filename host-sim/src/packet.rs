@@ -53,12 +53,23 @@ pub fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, id: u16, payload: &[u8])
 }
 
 fn pattern(len: usize, seed: u16) -> Vec<u8> {
-    (0..len).map(|i| (i as u16).wrapping_add(seed) as u8).collect()
+    (0..len)
+        .map(|i| (i as u16).wrapping_add(seed) as u8)
+        .collect()
 }
 
 /// An ICMP echo request (`reply == false`) or reply with a 56-byte payload, like ping.
 pub fn icmp_echo(src: Ipv4Addr, dst: Ipv4Addr, reply: bool, ident: u16, seq: u16) -> Vec<u8> {
-    let mut icmp = vec![if reply { ICMP_ECHO_REPLY } else { ICMP_ECHO_REQUEST }, 0, 0, 0];
+    let mut icmp = vec![
+        if reply {
+            ICMP_ECHO_REPLY
+        } else {
+            ICMP_ECHO_REQUEST
+        },
+        0,
+        0,
+        0,
+    ];
     icmp.extend_from_slice(&ident.to_be_bytes());
     icmp.extend_from_slice(&seq.to_be_bytes());
     icmp.extend(pattern(56, seq));
@@ -70,12 +81,25 @@ pub fn icmp_echo(src: Ipv4Addr, dst: Ipv4Addr, reply: bool, ident: u16, seq: u16
 /// The checksum of a TCP or UDP segment with its IPv4 pseudo-header (RFC 793, RFC 768).
 fn transport_checksum(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, segment: &[u8]) -> u16 {
     let len = (segment.len() as u16).to_be_bytes();
-    let pseudo = [&src.octets()[..], &dst.octets()[..], &[0, protocol], &len[..]].concat();
+    let pseudo = [
+        &src.octets()[..],
+        &dst.octets()[..],
+        &[0, protocol],
+        &len[..],
+    ]
+    .concat();
     inet_checksum(&[&pseudo, segment])
 }
 
 /// A UDP datagram carrying `payload_len` bytes.
-pub fn udp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload_len: usize, id: u16) -> Vec<u8> {
+pub fn udp(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+    payload_len: usize,
+    id: u16,
+) -> Vec<u8> {
     let mut seg = Vec::with_capacity(8 + payload_len);
     seg.extend_from_slice(&sport.to_be_bytes());
     seg.extend_from_slice(&dport.to_be_bytes());
@@ -92,7 +116,14 @@ pub fn udp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload_len: us
 
 /// A TCP segment (20-byte header, ACK|PSH) carrying `payload_len` bytes; there is no
 /// connection behind it, it only has the shape.
-pub fn tcp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload_len: usize, id: u16) -> Vec<u8> {
+pub fn tcp(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+    payload_len: usize,
+    id: u16,
+) -> Vec<u8> {
     let mut seg = vec![0u8; 20];
     seg[0..2].copy_from_slice(&sport.to_be_bytes());
     seg[2..4].copy_from_slice(&dport.to_be_bytes());
@@ -116,7 +147,10 @@ pub fn other(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, payload_len: usize, id:
 pub fn addresses(packet: &[u8]) -> Option<(Ipv4Addr, Ipv4Addr)> {
     let h = packet.get(..20)?;
     (h[0] >> 4 == 4).then(|| {
-        (Ipv4Addr::new(h[12], h[13], h[14], h[15]), Ipv4Addr::new(h[16], h[17], h[18], h[19]))
+        (
+            Ipv4Addr::new(h[12], h[13], h[14], h[15]),
+            Ipv4Addr::new(h[16], h[17], h[18], h[19]),
+        )
     })
 }
 
@@ -133,7 +167,8 @@ fn be16(b: &[u8], at: usize) -> Option<u16> {
 }
 
 fn be32(b: &[u8], at: usize) -> Option<u32> {
-    b.get(at..at + 4).map(|s| u32::from_be_bytes([s[0], s[1], s[2], s[3]]))
+    b.get(at..at + 4)
+        .map(|s| u32::from_be_bytes([s[0], s[1], s[2], s[3]]))
 }
 
 fn describe_ipv4(packet: &[u8]) -> Option<(String, u16)> {
@@ -167,7 +202,9 @@ fn describe_payload(protocol: u8, data: &[u8]) -> String {
                 return short("AH");
             };
             let ah_len = (usize::from(len) + 2) * 4;
-            let inner = data.get(ah_len..).map_or_else(|| short("AH body"), |rest| describe_payload(next, rest));
+            let inner = data
+                .get(ah_len..)
+                .map_or_else(|| short("AH body"), |rest| describe_payload(next, rest));
             format!("AH(spi=0x{spi:08x},seq={seq}) {inner}")
         }
         PROTO_IPCOMP => match (data.first(), be16(data, 2)) {
@@ -180,14 +217,21 @@ fn describe_payload(protocol: u8, data: &[u8]) -> String {
             None => short("IP-in-IP"),
         },
         PROTO_ICMP => match (data.first(), data.get(1), be16(data, 4), be16(data, 6)) {
-            (Some(&ICMP_ECHO_REQUEST), _, Some(id), Some(seq)) => format!("ICMP echo request, id {id}, seq {seq}"),
-            (Some(&ICMP_ECHO_REPLY), _, Some(id), Some(seq)) => format!("ICMP echo reply, id {id}, seq {seq}"),
+            (Some(&ICMP_ECHO_REQUEST), _, Some(id), Some(seq)) => {
+                format!("ICMP echo request, id {id}, seq {seq}")
+            }
+            (Some(&ICMP_ECHO_REPLY), _, Some(id), Some(seq)) => {
+                format!("ICMP echo reply, id {id}, seq {seq}")
+            }
             (Some(&kind), Some(&code), _, _) => format!("ICMP type {kind} code {code}"),
             _ => short("ICMP"),
         },
         PROTO_UDP => match (be16(data, 0), be16(data, 2)) {
             (Some(NAT_T_PORT), Some(NAT_T_PORT)) if be32(data, 8).is_some_and(|m| m != 0) => {
-                format!("UDP {NAT_T_PORT} > {NAT_T_PORT} {}", describe_payload(PROTO_ESP, &data[8..]))
+                format!(
+                    "UDP {NAT_T_PORT} > {NAT_T_PORT} {}",
+                    describe_payload(PROTO_ESP, &data[8..])
+                )
             }
             (Some(sport), Some(dport)) => format!("UDP {sport} > {dport}"),
             _ => short("UDP"),
@@ -226,7 +270,10 @@ mod tests {
     #[test]
     fn the_rfc_1071_example_sums_right() {
         // RFC 1071 section 3: the bytes 00 01 f2 03 f4 f5 f6 f7 sum to ddf2.
-        assert_eq!(inet_checksum(&[&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]]), !0xddf2);
+        assert_eq!(
+            inet_checksum(&[&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]]),
+            !0xddf2
+        );
     }
 
     #[test]
@@ -235,16 +282,34 @@ mod tests {
             describe(&icmp_echo(A, B, false, 7, 1)),
             "192.0.2.1 > 192.0.2.2: ICMP echo request, id 7, seq 1 len 84"
         );
-        assert_eq!(describe(&icmp_echo(B, A, true, 7, 1)), "192.0.2.2 > 192.0.2.1: ICMP echo reply, id 7, seq 1 len 84");
-        assert_eq!(describe(&udp(A, B, 1024, 5001, 1000, 1)), "192.0.2.1 > 192.0.2.2: UDP 1024 > 5001 len 1028");
-        assert_eq!(describe(&tcp(A, B, 1024, 80, 300, 1)), "192.0.2.1 > 192.0.2.2: TCP 1024 > 80 len 340");
-        assert_eq!(describe(&other(A, B, 47, 10, 1)), "192.0.2.1 > 192.0.2.2: proto 47 len 30");
+        assert_eq!(
+            describe(&icmp_echo(B, A, true, 7, 1)),
+            "192.0.2.2 > 192.0.2.1: ICMP echo reply, id 7, seq 1 len 84"
+        );
+        assert_eq!(
+            describe(&udp(A, B, 1024, 5001, 1000, 1)),
+            "192.0.2.1 > 192.0.2.2: UDP 1024 > 5001 len 1028"
+        );
+        assert_eq!(
+            describe(&tcp(A, B, 1024, 80, 300, 1)),
+            "192.0.2.1 > 192.0.2.2: TCP 1024 > 80 len 340"
+        );
+        assert_eq!(
+            describe(&other(A, B, 47, 10, 1)),
+            "192.0.2.1 > 192.0.2.2: proto 47 len 30"
+        );
         assert_eq!(describe(&[0x60, 0, 0]), "not IPv4 (3 bytes)");
     }
 
     #[test]
     fn describes_nested_ipsec_headers() {
-        let inner = icmp_echo(Ipv4Addr::new(10, 1, 0, 1), Ipv4Addr::new(10, 2, 0, 1), false, 1, 9);
+        let inner = icmp_echo(
+            Ipv4Addr::new(10, 1, 0, 1),
+            Ipv4Addr::new(10, 2, 0, 1),
+            false,
+            1,
+            9,
+        );
         let mut esp = vec![0, 0, 0x10, 0x01, 0, 0, 0, 1];
         esp.extend_from_slice(&[0xaa; 40]);
         let mut ah = vec![PROTO_ESP, 4, 0, 0, 0, 0, 0x02, 0x00, 0, 0, 0, 3];
@@ -253,7 +318,10 @@ mod tests {
         let wire = ipv4(A, B, PROTO_AH, 1, &ah);
         assert_eq!(
             describe(&wire),
-            format!("192.0.2.1 > 192.0.2.2: AH(spi=0x00000200,seq=3) ESP(spi=0x00001001,seq=1) len {}", wire.len())
+            format!(
+                "192.0.2.1 > 192.0.2.2: AH(spi=0x00000200,seq=3) ESP(spi=0x00001001,seq=1) len {}",
+                wire.len()
+            )
         );
 
         let mut ah_tunnel = vec![PROTO_IPIP, 4, 0, 0, 0, 0, 0x02, 0x01, 0, 0, 0, 1];
@@ -268,8 +336,17 @@ mod tests {
             )
         );
 
-        let ipcomp = ipv4(A, B, PROTO_IPCOMP, 3, &[PROTO_ICMP, 0, 0x01, 0x10, 0x55, 0x66]);
-        assert_eq!(describe(&ipcomp), "192.0.2.1 > 192.0.2.2: IPComp(cpi=0x0110,next=1) len 26");
+        let ipcomp = ipv4(
+            A,
+            B,
+            PROTO_IPCOMP,
+            3,
+            &[PROTO_ICMP, 0, 0x01, 0x10, 0x55, 0x66],
+        );
+        assert_eq!(
+            describe(&ipcomp),
+            "192.0.2.1 > 192.0.2.2: IPComp(cpi=0x0110,next=1) len 26"
+        );
 
         let mut natt = vec![0x11, 0x94, 0x11, 0x94, 0, 20, 0, 0];
         natt.extend_from_slice(&esp[..12]);
@@ -282,9 +359,22 @@ mod tests {
     #[test]
     fn truncated_headers_are_described_not_trusted() {
         let wire = ipv4(A, B, PROTO_ESP, 1, &[0, 0, 0x10]);
-        assert_eq!(describe(&wire), "192.0.2.1 > 192.0.2.2: ESP (truncated, 3 bytes) len 23");
-        let wire = ipv4(A, B, PROTO_AH, 1, &[PROTO_ESP, 200, 0, 0, 0, 0, 2, 0, 0, 0, 0, 1]);
-        assert!(describe(&wire).contains("AH(spi=0x00000200,seq=1) AH body (truncated"), "{}", describe(&wire));
+        assert_eq!(
+            describe(&wire),
+            "192.0.2.1 > 192.0.2.2: ESP (truncated, 3 bytes) len 23"
+        );
+        let wire = ipv4(
+            A,
+            B,
+            PROTO_AH,
+            1,
+            &[PROTO_ESP, 200, 0, 0, 0, 0, 2, 0, 0, 0, 0, 1],
+        );
+        assert!(
+            describe(&wire).contains("AH(spi=0x00000200,seq=1) AH body (truncated"),
+            "{}",
+            describe(&wire)
+        );
         for cut in 0..40 {
             let wire = tcp(A, B, 1, 2, 20, 1);
             describe(&wire[..cut]); // must not panic

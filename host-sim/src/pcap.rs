@@ -31,10 +31,23 @@ const ETHERTYPE_VLAN: u16 = 0x8100;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PcapError {
     BadMagic(u32),
-    TruncatedFileHeader { len: usize },
-    TruncatedRecordHeader { record: usize, offset: usize },
-    TruncatedRecordData { record: usize, offset: usize, want: usize, have: usize },
-    RecordTooLong { record: usize, len: usize },
+    TruncatedFileHeader {
+        len: usize,
+    },
+    TruncatedRecordHeader {
+        record: usize,
+        offset: usize,
+    },
+    TruncatedRecordData {
+        record: usize,
+        offset: usize,
+        want: usize,
+        have: usize,
+    },
+    RecordTooLong {
+        record: usize,
+        len: usize,
+    },
     UnsupportedLinkType(u32),
 }
 
@@ -83,13 +96,21 @@ pub struct Capture {
 impl Capture {
     /// A record's time in milliseconds since the epoch.
     pub fn timestamp_ms(&self, record: &Record) -> u64 {
-        let frac_ms = if self.nanos { record.ts_frac / 1_000_000 } else { record.ts_frac / 1_000 };
+        let frac_ms = if self.nanos {
+            record.ts_frac / 1_000_000
+        } else {
+            record.ts_frac / 1_000
+        };
         u64::from(record.ts_sec) * 1000 + u64::from(frac_ms)
     }
 
     /// A record's time as (seconds, microseconds).
     pub fn timestamp_us(&self, record: &Record) -> (u32, u32) {
-        let micros = if self.nanos { record.ts_frac / 1_000 } else { record.ts_frac };
+        let micros = if self.nanos {
+            record.ts_frac / 1_000
+        } else {
+            record.ts_frac
+        };
         (record.ts_sec, micros)
     }
 }
@@ -110,7 +131,11 @@ pub fn parse(bytes: &[u8]) -> Result<Capture, PcapError> {
     };
     let u32_at = |b: &[u8], at: usize| {
         let word = [b[at], b[at + 1], b[at + 2], b[at + 3]];
-        if big_endian { u32::from_be_bytes(word) } else { u32::from_le_bytes(word) }
+        if big_endian {
+            u32::from_be_bytes(word)
+        } else {
+            u32::from_le_bytes(word)
+        }
     };
     // The top bits of the link-type word may hold FCS information; the type is the low 16.
     let link_type = u32_at(header, 20) & 0xffff;
@@ -125,15 +150,20 @@ pub fn parse(bytes: &[u8]) -> Result<Capture, PcapError> {
             .ok_or(PcapError::TruncatedRecordHeader { record, offset })?;
         let incl_len = u32_at(rec, 8) as usize;
         if incl_len > MAX_RECORD_LEN {
-            return Err(PcapError::RecordTooLong { record, len: incl_len });
+            return Err(PcapError::RecordTooLong {
+                record,
+                len: incl_len,
+            });
         }
         let start = offset + RECORD_HEADER_LEN;
-        let data = bytes.get(start..start + incl_len).ok_or(PcapError::TruncatedRecordData {
-            record,
-            offset: start,
-            want: incl_len,
-            have: bytes.len() - start,
-        })?;
+        let data = bytes
+            .get(start..start + incl_len)
+            .ok_or(PcapError::TruncatedRecordData {
+                record,
+                offset: start,
+                want: incl_len,
+                have: bytes.len() - start,
+            })?;
         records.push(Record {
             ts_sec: u32_at(rec, 0),
             ts_frac: u32_at(rec, 4),
@@ -142,7 +172,11 @@ pub fn parse(bytes: &[u8]) -> Result<Capture, PcapError> {
         });
         offset = start + incl_len;
     }
-    Ok(Capture { link_type, nanos, records })
+    Ok(Capture {
+        link_type,
+        nanos,
+        records,
+    })
 }
 
 /// Bytes before the network layer for the link types we read.
@@ -158,7 +192,11 @@ fn link_header_len(link_type: u32) -> Result<usize, PcapError> {
 /// The IPv4 packet inside a frame, or None for anything else (IPv6, ARP, other
 /// ethertypes, runts). Link-layer padding after the IPv4 total length is cut off.
 pub fn ipv4_packet(link_type: u32, frame: &[u8]) -> Option<&[u8]> {
-    let be16 = |at: usize| frame.get(at..at + 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
+    let be16 = |at: usize| {
+        frame
+            .get(at..at + 2)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]))
+    };
     let packet = match link_type {
         LINKTYPE_ETHERNET => match be16(12)? {
             ETHERTYPE_IPV4 => frame.get(14..)?,
@@ -227,9 +265,26 @@ mod tests {
     ];
 
     /// A capture file built by hand in either byte order, with either magic.
-    fn file(big_endian: bool, nanos: bool, link_type: u32, frames: &[(u32, u32, &[u8])]) -> Vec<u8> {
-        let w32 = |v: u32| if big_endian { v.to_be_bytes() } else { v.to_le_bytes() };
-        let w16 = |v: u16| if big_endian { v.to_be_bytes() } else { v.to_le_bytes() };
+    fn file(
+        big_endian: bool,
+        nanos: bool,
+        link_type: u32,
+        frames: &[(u32, u32, &[u8])],
+    ) -> Vec<u8> {
+        let w32 = |v: u32| {
+            if big_endian {
+                v.to_be_bytes()
+            } else {
+                v.to_le_bytes()
+            }
+        };
+        let w16 = |v: u16| {
+            if big_endian {
+                v.to_be_bytes()
+            } else {
+                v.to_le_bytes()
+            }
+        };
         let mut out = Vec::new();
         out.extend(w32(if nanos { MAGIC_NANOS } else { MAGIC_MICROS }));
         out.extend(w16(2));
@@ -260,7 +315,12 @@ mod tests {
         for big_endian in [false, true] {
             for nanos in [false, true] {
                 let frac = if nanos { 250_000_000 } else { 250_000 };
-                let bytes = file(big_endian, nanos, LINKTYPE_RAW, &[(1_700_000_000, frac, &IPV4)]);
+                let bytes = file(
+                    big_endian,
+                    nanos,
+                    LINKTYPE_RAW,
+                    &[(1_700_000_000, frac, &IPV4)],
+                );
                 let capture = parse(&bytes).unwrap();
                 assert_eq!(capture.link_type, LINKTYPE_RAW);
                 assert_eq!(capture.nanos, nanos);
@@ -268,7 +328,11 @@ mod tests {
                 let record = &capture.records[0];
                 assert_eq!(record.data, IPV4);
                 assert_eq!(record.orig_len, 28);
-                assert_eq!(capture.timestamp_ms(record), 1_700_000_000_250, "be={big_endian} ns={nanos}");
+                assert_eq!(
+                    capture.timestamp_ms(record),
+                    1_700_000_000_250,
+                    "be={big_endian} ns={nanos}"
+                );
                 assert_eq!(capture.timestamp_us(record), (1_700_000_000, 250_000));
             }
         }
@@ -319,7 +383,12 @@ mod tests {
     #[test]
     fn every_truncation_is_an_error() {
         for big_endian in [false, true] {
-            let bytes = file(big_endian, false, LINKTYPE_RAW, &[(1, 2, &IPV4), (3, 4, &IPV4)]);
+            let bytes = file(
+                big_endian,
+                false,
+                LINKTYPE_RAW,
+                &[(1, 2, &IPV4), (3, 4, &IPV4)],
+            );
             let record_end = FILE_HEADER_LEN + RECORD_HEADER_LEN + IPV4.len();
             for len in 0..bytes.len() {
                 let result = parse(&bytes[..len]);
@@ -327,7 +396,11 @@ mod tests {
                 if len == FILE_HEADER_LEN || len == record_end {
                     assert!(result.is_ok(), "cut at {len}");
                 } else {
-                    assert!(result.is_err(), "cut at {len} of {} must be an error", bytes.len());
+                    assert!(
+                        result.is_err(),
+                        "cut at {len} of {} must be an error",
+                        bytes.len()
+                    );
                 }
             }
             assert_eq!(parse(&bytes).unwrap().records.len(), 2);
@@ -345,7 +418,10 @@ mod tests {
 
         let mut huge = file(false, false, LINKTYPE_RAW, &[(1, 0, &IPV4)]);
         huge[FILE_HEADER_LEN + 8..FILE_HEADER_LEN + 12].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(matches!(parse(&huge), Err(PcapError::RecordTooLong { record: 0, .. })));
+        assert!(matches!(
+            parse(&huge),
+            Err(PcapError::RecordTooLong { record: 0, .. })
+        ));
     }
 
     #[test]
@@ -358,7 +434,11 @@ mod tests {
         let capture = parse(&bytes).unwrap();
         assert_eq!(capture.link_type, LINKTYPE_RAW);
         assert!(!capture.nanos);
-        let times: Vec<_> = capture.records.iter().map(|r| capture.timestamp_us(r)).collect();
+        let times: Vec<_> = capture
+            .records
+            .iter()
+            .map(|r| capture.timestamp_us(r))
+            .collect();
         assert_eq!(times, [(1_700_000_000, 999_999), (1_700_000_001, 0)]);
         assert_eq!(capture.records[0].data, IPV4);
         assert_eq!(capture.records[1].data, IPV4[..20]);

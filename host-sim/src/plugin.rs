@@ -180,14 +180,22 @@ unsafe extern "C" fn clock_ms(context: *mut c_void) -> u64 {
     host.now_ms.load(Ordering::Relaxed)
 }
 
-unsafe extern "C" fn emit_packet(context: *mut c_void, direction: u32, packet: *const u8, length: usize) {
+unsafe extern "C" fn emit_packet(
+    context: *mut c_void,
+    direction: u32,
+    packet: *const u8,
+    length: usize,
+) {
     let _ = std::panic::catch_unwind(|| {
         if packet.is_null() {
             return;
         }
         // SAFETY: as in output_window; `packet` has `length` readable bytes for the call.
         let (host, bytes) = unsafe {
-            (&*context.cast::<HostState>(), std::slice::from_raw_parts(packet, length))
+            (
+                &*context.cast::<HostState>(),
+                std::slice::from_raw_parts(packet, length),
+            )
         };
         let direction = match direction {
             abi::IPSEC_DIRECTION_INBOUND => Direction::Inbound,
@@ -212,7 +220,11 @@ impl PacketBuffer {
     pub fn new(packet: &[u8]) -> PacketBuffer {
         let mut buf = vec![0; Self::HEADROOM + packet.len() + Self::TAILROOM];
         buf[Self::HEADROOM..Self::HEADROOM + packet.len()].copy_from_slice(packet);
-        PacketBuffer { buf, offset: Self::HEADROOM, len: packet.len() }
+        PacketBuffer {
+            buf,
+            offset: Self::HEADROOM,
+            len: packet.len(),
+        }
     }
 
     pub fn bytes(&self) -> &[u8] {
@@ -237,7 +249,8 @@ pub enum OpenOutcome {
 }
 
 fn c_path(path: &Path) -> Result<CString, String> {
-    CString::new(path.as_os_str().as_bytes()).map_err(|_| format!("path {} contains NUL", path.display()))
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| format!("path {} contains NUL", path.display()))
 }
 
 impl PluginInstance {
@@ -246,10 +259,14 @@ impl PluginInstance {
         config: &Path,
         log: Option<&Path>,
         debug: bool,
+        now_ms: u64,
     ) -> Result<(PluginInstance, OpenOutcome), String> {
         let config_c = c_path(config)?;
         let log_c = log.map(c_path).transpose()?;
-        let host = Box::<HostState>::default();
+        let host = Box::new(HostState {
+            now_ms: AtomicU64::new(now_ms),
+            ..HostState::default()
+        });
         let options = abi::ipsec_open_options {
             abi_version: abi::IPSEC_ABI_VERSION,
             config_path: config_c.as_ptr(),
@@ -275,11 +292,22 @@ impl PluginInstance {
             abi::IPSEC_CONFIG_PARTIAL => OpenOutcome::Partial,
             _ => {
                 let lines = lock(&host.lines).join("\n");
-                return Err(format!("cannot open the plugin on {}: {}\n{lines}", config.display(), lib.status(code)));
+                return Err(format!(
+                    "cannot open the plugin on {}: {}\n{lines}",
+                    config.display(),
+                    lib.status(code)
+                ));
             }
         };
         let handle = NonNull::new(out).ok_or("the plugin returned success but no handle")?;
-        Ok((PluginInstance { lib: lib.clone(), handle, host }, outcome))
+        Ok((
+            PluginInstance {
+                lib: lib.clone(),
+                handle,
+                host,
+            },
+            outcome,
+        ))
     }
 
     /// Sets the clock the plugin reads through `clock_ms`.
@@ -335,7 +363,8 @@ impl PluginInstance {
 
     pub fn connect(&self, local: Ipv4Addr) -> Result<(), Status> {
         // SAFETY: a live handle.
-        self.lib.check(unsafe { (self.lib.connect)(self.handle.as_ptr(), u32::from(local)) })
+        self.lib
+            .check(unsafe { (self.lib.connect)(self.handle.as_ptr(), u32::from(local)) })
     }
 
     pub fn install_keys(&self, bundle: &str, keys: &str) -> Result<(), Status> {
@@ -343,20 +372,38 @@ impl PluginInstance {
         let bundle = CString::new(bundle).map_err(|_| invalid())?;
         let keys = CString::new(keys).map_err(|_| invalid())?;
         // SAFETY: a live handle and two NUL-terminated strings valid for the call.
-        self.lib.check(unsafe { (self.lib.install_keys)(self.handle.as_ptr(), bundle.as_ptr(), keys.as_ptr()) })
+        self.lib.check(unsafe {
+            (self.lib.install_keys)(self.handle.as_ptr(), bundle.as_ptr(), keys.as_ptr())
+        })
     }
 
     /// The SA table as text (`json == false`) or JSON.
     pub fn dump(&self, json: bool) -> Result<String, Status> {
-        let format = if json { abi::IPSEC_DUMP_JSON } else { abi::IPSEC_DUMP_TEXT };
+        let format = if json {
+            abi::IPSEC_DUMP_JSON
+        } else {
+            abi::IPSEC_DUMP_TEXT
+        };
         let mut needed = 0usize;
         // The table may grow between the size query and the copy: retry a few times.
         for _ in 0..4 {
             let mut buf = vec![0u8; needed];
-            let buf_ptr = if buf.is_empty() { ptr::null_mut() } else { buf.as_mut_ptr().cast() };
+            let buf_ptr = if buf.is_empty() {
+                ptr::null_mut()
+            } else {
+                buf.as_mut_ptr().cast()
+            };
             // SAFETY: a live handle; `buf` has `buf.len()` writable bytes (or is NULL with
             // capacity 0); `needed` is writable.
-            let code = unsafe { (self.lib.dump)(self.handle.as_ptr(), format, buf_ptr, buf.len(), &mut needed) };
+            let code = unsafe {
+                (self.lib.dump)(
+                    self.handle.as_ptr(),
+                    format,
+                    buf_ptr,
+                    buf.len(),
+                    &mut needed,
+                )
+            };
             match code {
                 abi::IPSEC_OK => {
                     let text = buf.split(|&b| b == 0).next().unwrap_or_default();

@@ -77,7 +77,10 @@ pub fn text(spd: &Spd, global: &Counters, now_ms: u64) -> String {
         for sa in sas(b) {
             let dir = if sa.inbound { "in " } else { "out" };
             let id = if sa.proto == crate::sad::SaProto::IpComp { format!("cpi 0x{:04x}", sa.spi) } else { format!("spi 0x{:08x}", sa.spi) };
-            let seq = if sa.inbound {
+            let seq = if sa.proto == crate::sad::SaProto::IpComp {
+                // IPComp has no sequence numbers; its packet count is what there is to see.
+                String::new()
+            } else if sa.inbound {
                 let w = sa.replay();
                 if w.size() == 0 {
                     format!("replay off, top {}", w.top())

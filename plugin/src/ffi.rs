@@ -195,7 +195,9 @@ unsafe impl Sync for CallbackHost {}
 
 impl Host for CallbackHost {
     fn output_window(&self, line: &str) {
-        let Some(output_window) = self.output_window else { return };
+        let Some(output_window) = self.output_window else {
+            return;
+        };
         // An interior NUL would cut the line short in C; drop it rather than lose the rest.
         let bytes: Vec<u8> = line.bytes().filter(|&b| b != 0).collect();
         if let Ok(line) = CString::new(bytes) {
@@ -216,7 +218,9 @@ impl Host for CallbackHost {
     }
 
     fn emit_packet(&self, direction: Direction, packet: &[u8]) {
-        let Some(emit_packet) = self.emit_packet else { return };
+        let Some(emit_packet) = self.emit_packet else {
+            return;
+        };
         let direction = match direction {
             Direction::Outbound => ipsec_direction::IPSEC_DIRECTION_OUTBOUND,
             Direction::Inbound => ipsec_direction::IPSEC_DIRECTION_INBOUND,
@@ -238,16 +242,11 @@ fn status_of(error: &Error) -> ipsec_status {
     }
 }
 
-/// What an operator reads when `ipsec_plugin_new` fails: there is no log yet to hold it.
-fn open_failure_line(error: &Error) -> String {
-    match error {
-        Error::ConfigIo { path, source } => {
-            format!("ipsec: cannot read config {}: {source}", path.display())
-        }
-        Error::LogIo { path, source } => {
-            format!("ipsec: cannot open log {}: {source}", path.display())
-        }
-        other => format!("ipsec: cannot open plugin: {other:?}"),
+/// The plugin shows a missing or unreadable ipsec.cfg in the output window itself, through
+/// its log's window sink; a log it could not open has no sink, so the C boundary says it.
+fn report_open_failure(host: &CallbackHost, error: &Error) {
+    if let Error::LogIo { .. } = error {
+        host.output_window(&format!("ipsec: {error}"));
     }
 }
 
@@ -357,11 +356,14 @@ pub unsafe extern "C" fn ipsec_plugin_new(
         }
         // SAFETY: both are non-NULL and point to valid structs per the contract.
         let (options, callbacks) = unsafe { (&*options, &*callbacks) };
-        if options.abi_version != IPSEC_ABI_VERSION || callbacks.abi_version != IPSEC_ABI_VERSION
-        {
+        if options.abi_version != IPSEC_ABI_VERSION || callbacks.abi_version != IPSEC_ABI_VERSION {
             return ipsec_status::IPSEC_ERR_ABI_VERSION;
         }
-        if options.reserved.iter().chain(&callbacks.reserved).any(|p| !p.is_null())
+        if options
+            .reserved
+            .iter()
+            .chain(&callbacks.reserved)
+            .any(|p| !p.is_null())
             || options.flags & !KNOWN_OPEN_FLAGS != 0
         {
             return ipsec_status::IPSEC_ERR_INVALID;
@@ -393,7 +395,7 @@ pub unsafe extern "C" fn ipsec_plugin_new(
                 config_status(config_errors)
             }
             Err(error) => {
-                host.output_window(&open_failure_line(&error));
+                report_open_failure(&host, &error);
                 status_of(&error)
             }
         }
@@ -443,7 +445,11 @@ unsafe fn run_hook(
         // SAFETY: non-NULL, and the caller guarantees `capacity` writable bytes that no one
         // else touches during the call.
         let buf = unsafe { std::slice::from_raw_parts_mut(packet.buffer, packet.capacity) };
-        let mut pkt = PacketBuf { buf, offset: packet.offset, len: packet.length };
+        let mut pkt = PacketBuf {
+            buf,
+            offset: packet.offset,
+            len: packet.length,
+        };
         let verdict = hook(plugin, &mut pkt);
         if verdict == Verdict::Transformed {
             packet.offset = pkt.offset;
@@ -648,8 +654,12 @@ mod tests {
 
     unsafe extern "C" fn record_line(context: *mut c_void, line: *const c_char) {
         // SAFETY: the tests pass a `Mutex<Vec<String>>` as context; the line is valid.
-        let (lines, line) = unsafe { (&*context.cast::<Mutex<Vec<String>>>(), CStr::from_ptr(line)) };
-        lines.lock().unwrap().push(line.to_string_lossy().into_owned());
+        let (lines, line) =
+            unsafe { (&*context.cast::<Mutex<Vec<String>>>(), CStr::from_ptr(line)) };
+        lines
+            .lock()
+            .unwrap()
+            .push(line.to_string_lossy().into_owned());
     }
 
     unsafe extern "C" fn fixed_clock(_context: *mut c_void) -> u64 {
@@ -680,7 +690,9 @@ mod tests {
         let mut seen = Vec::new();
         for n in 0..=11u32 {
             // SAFETY: static NUL-terminated strings.
-            let s = unsafe { CStr::from_ptr(ipsec_status_describe(n)) }.to_str().unwrap();
+            let s = unsafe { CStr::from_ptr(ipsec_status_describe(n)) }
+                .to_str()
+                .unwrap();
             assert!(s.starts_with("IPSEC_"), "{n}: {s}");
             assert!(!seen.contains(&s));
             seen.push(s);
@@ -692,16 +704,34 @@ mod tests {
 
     #[test]
     fn a_panic_becomes_a_value() {
-        assert_eq!(guard_status(|| panic!("test panic")), ipsec_status::IPSEC_ERR_PANIC);
-        assert_eq!(guard(ipsec_verdict::IPSEC_VERDICT_DROP, || panic!("test panic")), ipsec_verdict::IPSEC_VERDICT_DROP);
+        assert_eq!(
+            guard_status(|| panic!("test panic")),
+            ipsec_status::IPSEC_ERR_PANIC
+        );
+        assert_eq!(
+            guard(ipsec_verdict::IPSEC_VERDICT_DROP, || panic!("test panic")),
+            ipsec_verdict::IPSEC_VERDICT_DROP
+        );
     }
 
     #[test]
     fn errors_map_to_their_codes() {
         let io = || std::io::Error::from(std::io::ErrorKind::NotFound);
         let cases = [
-            (Error::ConfigIo { path: "x".into(), source: io() }, 4),
-            (Error::LogIo { path: "x".into(), source: io() }, 5),
+            (
+                Error::ConfigIo {
+                    path: "x".into(),
+                    source: io(),
+                },
+                4,
+            ),
+            (
+                Error::LogIo {
+                    path: "x".into(),
+                    source: io(),
+                },
+                5,
+            ),
             (Error::NoSuchBundle("b".into()), 6),
             (Error::NotIkeBundle("b".into()), 7),
             (Error::Keys("k".into()), 8),
@@ -721,34 +751,78 @@ mod tests {
         let mut out = ptr::NonNull::<ipsec_plugin>::dangling().as_ptr();
         // SAFETY (all calls below): valid or NULL pointers as each contract allows.
         unsafe {
-            assert_eq!(ipsec_plugin_new(&opts, &cbs, ptr::null_mut()), ipsec_status::IPSEC_ERR_NULL);
-            assert_eq!(ipsec_plugin_new(ptr::null(), &cbs, &mut out), ipsec_status::IPSEC_ERR_NULL);
+            assert_eq!(
+                ipsec_plugin_new(&opts, &cbs, ptr::null_mut()),
+                ipsec_status::IPSEC_ERR_NULL
+            );
+            assert_eq!(
+                ipsec_plugin_new(ptr::null(), &cbs, &mut out),
+                ipsec_status::IPSEC_ERR_NULL
+            );
             assert!(out.is_null(), "a failed open must clear *out");
-            assert_eq!(ipsec_plugin_new(&opts, ptr::null(), &mut out), ipsec_status::IPSEC_ERR_NULL);
+            assert_eq!(
+                ipsec_plugin_new(&opts, ptr::null(), &mut out),
+                ipsec_status::IPSEC_ERR_NULL
+            );
 
             let mut bad = options(&config);
             bad.abi_version = 2;
-            assert_eq!(ipsec_plugin_new(&bad, &cbs, &mut out), ipsec_status::IPSEC_ERR_ABI_VERSION);
+            assert_eq!(
+                ipsec_plugin_new(&bad, &cbs, &mut out),
+                ipsec_status::IPSEC_ERR_ABI_VERSION
+            );
             let mut bad_cbs = callbacks(ptr::null_mut());
             bad_cbs.abi_version = 0;
-            assert_eq!(ipsec_plugin_new(&opts, &bad_cbs, &mut out), ipsec_status::IPSEC_ERR_ABI_VERSION);
+            assert_eq!(
+                ipsec_plugin_new(&opts, &bad_cbs, &mut out),
+                ipsec_status::IPSEC_ERR_ABI_VERSION
+            );
             let mut bad = options(&config);
             bad.flags = 2;
-            assert_eq!(ipsec_plugin_new(&bad, &cbs, &mut out), ipsec_status::IPSEC_ERR_INVALID);
+            assert_eq!(
+                ipsec_plugin_new(&bad, &cbs, &mut out),
+                ipsec_status::IPSEC_ERR_INVALID
+            );
             let mut bad = options(&config);
-            bad.reserved[3] = 1usize as *mut c_void;
-            assert_eq!(ipsec_plugin_new(&bad, &cbs, &mut out), ipsec_status::IPSEC_ERR_INVALID);
+            bad.reserved[3] = ptr::NonNull::dangling().as_ptr();
+            assert_eq!(
+                ipsec_plugin_new(&bad, &cbs, &mut out),
+                ipsec_status::IPSEC_ERR_INVALID
+            );
             let mut bad = options(&config);
             bad.config_path = ptr::null();
-            assert_eq!(ipsec_plugin_new(&bad, &cbs, &mut out), ipsec_status::IPSEC_ERR_NULL);
+            assert_eq!(
+                ipsec_plugin_new(&bad, &cbs, &mut out),
+                ipsec_status::IPSEC_ERR_NULL
+            );
 
             ipsec_plugin_free(ptr::null_mut());
-            let mut pkt = ipsec_packet { buffer: ptr::null_mut(), capacity: 0, offset: 0, length: 0 };
-            assert_eq!(ipsec_plugin_outbound(ptr::null(), &mut pkt), ipsec_verdict::IPSEC_VERDICT_DROP);
-            assert_eq!(ipsec_plugin_inbound(ptr::null(), &mut pkt), ipsec_verdict::IPSEC_VERDICT_DROP);
-            assert_eq!(ipsec_plugin_connect(ptr::null(), 0x0A00_0001), ipsec_status::IPSEC_ERR_NULL);
-            assert_eq!(ipsec_plugin_link_down(ptr::null()), ipsec_status::IPSEC_ERR_NULL);
-            assert_eq!(ipsec_plugin_reload(ptr::null()), ipsec_status::IPSEC_ERR_NULL);
+            let mut pkt = ipsec_packet {
+                buffer: ptr::null_mut(),
+                capacity: 0,
+                offset: 0,
+                length: 0,
+            };
+            assert_eq!(
+                ipsec_plugin_outbound(ptr::null(), &mut pkt),
+                ipsec_verdict::IPSEC_VERDICT_DROP
+            );
+            assert_eq!(
+                ipsec_plugin_inbound(ptr::null(), &mut pkt),
+                ipsec_verdict::IPSEC_VERDICT_DROP
+            );
+            assert_eq!(
+                ipsec_plugin_connect(ptr::null(), 0x0A00_0001),
+                ipsec_status::IPSEC_ERR_NULL
+            );
+            assert_eq!(
+                ipsec_plugin_link_down(ptr::null()),
+                ipsec_status::IPSEC_ERR_NULL
+            );
+            assert_eq!(
+                ipsec_plugin_reload(ptr::null()),
+                ipsec_status::IPSEC_ERR_NULL
+            );
             let name = c"b";
             assert_eq!(
                 ipsec_plugin_install_keys(ptr::null(), name.as_ptr(), name.as_ptr()),
@@ -774,7 +848,12 @@ mod tests {
         assert_eq!(status, ipsec_status::IPSEC_ERR_CONFIG_IO);
         assert!(out.is_null());
         let lines = lines.into_inner().unwrap();
-        assert!(lines.iter().any(|l| l.contains("/nonexistent-dir/ipsec.cfg")), "{lines:?}");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("/nonexistent-dir/ipsec.cfg")),
+            "{lines:?}"
+        );
     }
 
     #[test]
@@ -791,9 +870,17 @@ mod tests {
         host.emit_packet(Direction::Inbound, b"ignored: no callback");
         assert_eq!(lines.into_inner().unwrap(), ["SEC esp icv"]);
 
-        let system = CallbackHost { context: ptr::null_mut(), output_window: None, clock_ms: None, emit_packet: None };
+        let system = CallbackHost {
+            context: ptr::null_mut(),
+            output_window: None,
+            clock_ms: None,
+            emit_packet: None,
+        };
         system.output_window("dropped: no callback");
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
         assert!(system.now_ms().abs_diff(now) < 60_000);
     }
 }

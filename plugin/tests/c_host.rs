@@ -25,15 +25,22 @@ fn deps_dir() -> PathBuf {
 
 fn find_cdylib() -> PathBuf {
     let deps = deps_dir();
-    let candidates = [deps.join("libipsec_plugin.so"), deps.join("../libipsec_plugin.so")];
-    candidates.iter().find(|p| p.is_file()).cloned().unwrap_or_else(|| {
-        panic!(
-            "the plugin cdylib was not found at {} or {}: build it with \
+    let candidates = [
+        deps.join("libipsec_plugin.so"),
+        deps.join("../libipsec_plugin.so"),
+    ];
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "the plugin cdylib was not found at {} or {}: build it with \
              `cargo build -p ipsec-plugin` or run `cargo test --workspace`",
-            candidates[0].display(),
-            candidates[1].display()
-        )
-    })
+                candidates[0].display(),
+                candidates[1].display()
+            )
+        })
 }
 
 fn scratch_dir(name: &str) -> PathBuf {
@@ -54,7 +61,16 @@ fn c_host_round_trips_through_the_c_abi() {
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_string());
 
     let compile = Command::new(&cc)
-        .args(["-std=c11", "-D_POSIX_C_SOURCE=200809L", "-Wall", "-Wextra", "-Werror", "-pedantic", "-O1", "-I"])
+        .args([
+            "-std=c11",
+            "-D_POSIX_C_SOURCE=200809L",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-pedantic",
+            "-O1",
+            "-I",
+        ])
         .arg(root.join("include"))
         .arg(root.join("tests/c-host/host.c"))
         .arg("-o")

@@ -35,7 +35,12 @@ fn committed_header_matches_ffi_rs() {
             .zip(generated.lines())
             .position(|(a, b)| a != b)
             .unwrap_or_else(|| committed.lines().count().min(generated.lines().count()));
-        let line = |text: &str| text.lines().nth(first_difference).unwrap_or("<end of file>").to_string();
+        let line = |text: &str| {
+            text.lines()
+                .nth(first_difference)
+                .unwrap_or("<end of file>")
+                .to_string()
+        };
         panic!(
             "include/ipsec_plugin.h is out of date with src/ffi.rs (first difference at line {}):\n  \
              committed: {}\n  generated: {}\n\

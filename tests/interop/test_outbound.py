@@ -105,7 +105,7 @@ def test_outbound_scapy_opens(case, outbound_runs):
 def test_outbound_tshark_decodes(case, outbound_runs, tshark, tmp_path):
     bundle, plain, run = outbound_runs(case)
     run.check_ran()
-    frames, argv = tshark_frames(tshark, run.workdir / "out.pcap", bundle.tshark_esp_sas("out"),
+    frames, argv = tshark_frames(tshark, run.output_pcap, bundle.tshark_esp_sas("out"),
                                  tmp_path)
     assert len(frames) == len(plain), f"tshark saw {len(frames)} frames, sent {len(plain)}"
     problems = tshark_problems(frames, want_icv=bool(bundle.esp and bundle.esp.has_icv))

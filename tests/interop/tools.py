@@ -45,6 +45,7 @@ class Replay:
     stdout: str
     stderr: str
     workdir: Path
+    output_pcap: Path
     passed: int = None
     transformed: int = None
     dropped: int = None
@@ -68,13 +69,21 @@ class Replay:
             f"{len(self.output)}\n{self.describe()}")
 
 
-def run_replay(host_sim, workdir, bundles, direction, packets, *, local=None, linktype=101,
-               extra_args=()):
-    """Writes ipsec.cfg for `bundles` and the input pcap, runs host-sim, collects results."""
+def run_replay(host_sim, workdir, bundles, direction, packets, **kwargs):
+    """Writes ipsec.cfg for `bundles` into workdir/cfg, then runs replay() on it."""
     workdir = Path(workdir)
-    cfg_dir = workdir / "cfg"
-    keys_file = write_config(cfg_dir, bundles)
-    in_pcap, out_pcap, log = workdir / "in.pcap", workdir / "out.pcap", workdir / "ipsec.log"
+    keys_file = write_config(workdir / "cfg", bundles)
+    return replay(host_sim, workdir / "cfg", workdir, direction, packets, keys_file=keys_file,
+                  **kwargs)
+
+
+def replay(host_sim, cfg_dir, workdir, direction, packets, *, keys_file=None, local=None,
+           linktype=101):
+    """Runs `host-sim replay` over `packets` with the config in cfg_dir; files go to workdir."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    in_pcap, out_pcap, log = (workdir / f"{direction}-input.pcap", workdir / f"{direction}-output.pcap",
+                              workdir / "ipsec.log")
     write_pcap(in_pcap, packets, linktype=linktype)
     argv = [str(host_sim), "replay", "--config", str(cfg_dir), "--direction", direction,
             "--input", str(in_pcap), "--output", str(out_pcap), "--log", str(log)]
@@ -82,10 +91,9 @@ def run_replay(host_sim, workdir, bundles, direction, packets, *, local=None, li
         argv += ["--keys", str(keys_file)]
     if local:
         argv += ["--local", local]
-    argv += list(extra_args)
     proc = subprocess.run(argv, capture_output=True, text=True, errors="replace",
                           timeout=REPLAY_TIMEOUT_S, stdin=subprocess.DEVNULL)
-    run = Replay(argv, proc.returncode, proc.stdout, proc.stderr, workdir)
+    run = Replay(argv, proc.returncode, proc.stdout, proc.stderr, workdir, out_pcap)
     summaries = SUMMARY.findall(proc.stdout)
     if summaries:
         run.passed, run.transformed, run.dropped = map(int, summaries[-1])

@@ -27,7 +27,11 @@ pub(super) struct Check<'a, 't> {
 
 impl<'a, 't> Check<'a, 't> {
     pub(super) fn new(section: &'a Section<'t>, diags: &'a mut Diags) -> Check<'a, 't> {
-        Check { section, diags, failed: false }
+        Check {
+            section,
+            diags,
+            failed: false,
+        }
     }
 
     pub(super) fn entries(&self) -> &'a [Entry<'t>] {
@@ -40,6 +44,10 @@ impl<'a, 't> Check<'a, 't> {
 
     pub(super) fn bundle_name(&self) -> Option<&'a str> {
         self.section.name.as_deref()
+    }
+
+    pub(super) fn header_line(&self) -> u32 {
+        self.section.line
     }
 
     /// The line of the key, or of the section header when the key is absent.
@@ -68,11 +76,17 @@ impl<'a, 't> Check<'a, 't> {
         self.failed
     }
 
-    pub(super) fn optional<T>(&mut self, key: Key, parse: impl FnOnce(&str) -> Parsed<T>) -> Field<T> {
+    pub(super) fn optional<T>(
+        &mut self,
+        key: Key,
+        parse: impl FnOnce(&str) -> Parsed<T>,
+    ) -> Field<T> {
         if self.section.bad_keys.contains(&key) {
             return Err(Bad);
         }
-        let Some(entry) = self.entry(key) else { return Ok(None) };
+        let Some(entry) = self.entry(key) else {
+            return Ok(None);
+        };
         match parse(entry.value) {
             Ok(v) => Ok(Some(v)),
             Err(message) => {
@@ -83,11 +97,20 @@ impl<'a, 't> Check<'a, 't> {
     }
 
     /// Like `optional`, but absence is an error: "missing, required {needed_for}".
-    pub(super) fn required<T>(&mut self, key: Key, needed_for: &str, parse: impl FnOnce(&str) -> Parsed<T>) -> Result<T, Bad> {
+    pub(super) fn required<T>(
+        &mut self,
+        key: Key,
+        needed_for: &str,
+        parse: impl FnOnce(&str) -> Parsed<T>,
+    ) -> Result<T, Bad> {
         match self.optional(key, parse)? {
             Some(v) => Ok(v),
             None => {
-                self.fail_at(self.section.line, Some(key), format!("missing, required {needed_for}"));
+                self.fail_at(
+                    self.section.line,
+                    Some(key),
+                    format!("missing, required {needed_for}"),
+                );
                 Err(Bad)
             }
         }
@@ -96,25 +119,101 @@ impl<'a, 't> Check<'a, 't> {
 
 /// Checks one ipsec.cfg section; `accepted` are the bundles activated before it (for SPI
 /// clashes). Returns the bundle when the section has no error at all.
-pub(super) fn check_section(section: &Section, accepted: &[Bundle], diags: &mut Diags) -> Option<Bundle> {
+pub(super) fn check_section(
+    section: &Section,
+    accepted: &[Bundle],
+    diags: &mut Diags,
+) -> Option<Bundle> {
     let mut c = Check::new(section, diags);
-    let local = c.required(Key::Local, "in every bundle (this end's address, or 0.0.0.0 for the dynamic one)", address);
+    let kind = c
+        .optional(Key::Keying, keying_kind)
+        .map(|k| k.unwrap_or(KeyingKind::Manual));
+    let endpoints = endpoints(&mut c, kind);
+    let selectors = selectors(&mut c);
+    let protocols = protocols(&mut c, kind);
+    let replay_window = c.optional(Key::ReplayWindow, |s| number_in(s, 0, 4096));
+    let keying = keying(&mut c, kind, protocols);
+    if c.failed() || section.poisoned {
+        return None;
+    }
+    let (Some(name), Ok((local, remote)), Ok(sel), Ok(p), Ok(replay_window), Ok(keying)) = (
+        section.name.clone(),
+        endpoints,
+        selectors,
+        protocols,
+        replay_window,
+        keying,
+    ) else {
+        return None; // a line the lexer refused (duplicate key, empty value)
+    };
+    let default_window = match keying {
+        Keying::Manual(_) => 0,
+        Keying::Ike(_) => 64,
+    };
+    let bundle = Bundle {
+        name,
+        line: section.line,
+        local,
+        remote,
+        mode: sel.mode,
+        local_subnet: sel.local_subnet,
+        remote_subnet: sel.remote_subnet,
+        protocol: sel.protocol,
+        local_port: sel.local_port,
+        remote_port: sel.remote_port,
+        esp: p.esp,
+        ah: p.ah,
+        ipcomp: p.ipcomp,
+        keying,
+        replay_window: replay_window.map_or(default_window, |n| n as u32), // at most 4096
+    };
+    // Only a bundle that would be activated can take an SPI from another.
+    manual::spi_clashes(&mut c, &bundle, accepted);
+    (!c.failed()).then_some(bundle)
+}
+
+fn endpoints(c: &mut Check, kind: Result<KeyingKind, Bad>) -> Result<(Ipv4Addr, Ipv4Addr), Bad> {
+    let local = c.required(
+        Key::Local,
+        "in every bundle (this end's address, or 0.0.0.0 for the dynamic one)",
+        address,
+    );
     let remote = c.required(Key::Remote, "in every bundle (the peer's address)", address);
-    let keying = c.optional(Key::Keying, keying_kind).map(|k| k.unwrap_or(KeyingKind::Manual));
-    if let (Ok(remote), Ok(KeyingKind::Manual)) = (remote, keying) {
+    if let (Ok(remote), Ok(KeyingKind::Manual)) = (remote, kind) {
         if remote.is_unspecified() {
             c.fail(Key::Remote, "remote = 0.0.0.0 (any peer) needs keying = ike: manual keys are shared with one known peer".into());
         }
     }
     if let (Ok(local), Ok(remote)) = (local, remote) {
         if local == remote && !local.is_unspecified() {
-            c.fail(Key::Remote, format!("remote is the same address as local ({local})"));
+            c.fail(
+                Key::Remote,
+                format!("remote is the same address as local ({local})"),
+            );
         }
     }
+    Ok((local?, remote?))
+}
 
-    let mode = c.optional(Key::Mode, mode).map(|m| m.unwrap_or(Mode::Transport));
-    let local_subnet = c.optional(Key::LocalSubnet, |s| s.parse::<Cidr>().map_err(|e| e.to_string()));
-    let remote_subnet = c.optional(Key::RemoteSubnet, |s| s.parse::<Cidr>().map_err(|e| e.to_string()));
+struct Selectors {
+    mode: Mode,
+    local_subnet: Option<Cidr>,
+    remote_subnet: Option<Cidr>,
+    protocol: Option<u8>,
+    local_port: Option<u16>,
+    remote_port: Option<u16>,
+}
+
+fn selectors(c: &mut Check) -> Result<Selectors, Bad> {
+    let mode = c
+        .optional(Key::Mode, mode)
+        .map(|m| m.unwrap_or(Mode::Transport));
+    let local_subnet = c.optional(Key::LocalSubnet, |s| {
+        s.parse::<Cidr>().map_err(|e| e.to_string())
+    });
+    let remote_subnet = c.optional(Key::RemoteSubnet, |s| {
+        s.parse::<Cidr>().map_err(|e| e.to_string())
+    });
     if mode == Ok(Mode::Transport) {
         for key in [Key::LocalSubnet, Key::RemoteSubnet] {
             if c.entry(key).is_some() {
@@ -122,7 +221,6 @@ pub(super) fn check_section(section: &Section, accepted: &[Bundle], diags: &mut 
             }
         }
     }
-
     let protocol = c.optional(Key::Protocol, protocol).map(Option::flatten);
     let local_port = c.optional(Key::LocalPort, port).map(Option::flatten);
     let remote_port = c.optional(Key::RemotePort, port).map(Option::flatten);
@@ -135,71 +233,73 @@ pub(super) fn check_section(section: &Section, accepted: &[Bundle], diags: &mut 
             }
         }
     }
+    Ok(Selectors {
+        mode: mode?,
+        local_subnet: local_subnet?,
+        remote_subnet: remote_subnet?,
+        protocol: protocol?,
+        local_port: local_port?,
+        remote_port: remote_port?,
+    })
+}
 
+#[derive(Debug, Clone, Copy)]
+struct Protocols {
+    esp: Option<EspTransform>,
+    ah: Option<IntegAlg>,
+    ipcomp: bool,
+}
+
+fn protocols(c: &mut Check, kind: Result<KeyingKind, Bad>) -> Result<Protocols, Bad> {
     let esp = c.optional(Key::Esp, esp_transform);
-    let ah = c.optional(Key::Ah, |s| IntegAlg::from_name(s).ok_or_else(|| format!("{} is not md5, sha1 or sha256", shown(s))));
+    let ah = c.optional(Key::Ah, |s| {
+        IntegAlg::from_name(s).ok_or_else(|| format!("{} is not md5, sha1 or sha256", shown(s)))
+    });
     let ipcomp = c.optional(Key::Ipcomp, ipcomp).map(|v| v.unwrap_or(false));
     if let (Ok(None), Ok(None), Ok(false)) = (esp, ah, ipcomp) {
-        c.fail_at(section.line, None, "the bundle has no protocol: set at least one of esp, ah, ipcomp".into());
+        let header = c.header_line();
+        c.fail_at(
+            header,
+            None,
+            "the bundle has no protocol: set at least one of esp, ah, ipcomp".into(),
+        );
     }
-    // The keys of a manual GCM bundle are not checked: the fix is keying = ike, after which
-    // they would be wrong anyway.
-    let mut esp_for_keys = esp;
-    if let (Ok(Some(EspTransform::Aead(_))), Ok(KeyingKind::Manual)) = (esp, keying) {
+    if let (Ok(Some(EspTransform::Aead(_))), Ok(KeyingKind::Manual)) = (esp, kind) {
         c.fail(Key::Esp, "AES-GCM needs keying = ike: with static keys a restarted sender would reuse nonces under the same key, which RFC 4106 forbids".into());
-        esp_for_keys = Err(Bad);
     }
-    weak_algorithm_warnings(&mut c, esp.ok().flatten(), ah.ok().flatten());
+    weak_algorithm_warnings(c, esp.ok().flatten(), ah.ok().flatten());
+    Ok(Protocols {
+        esp: esp?,
+        ah: ah?,
+        ipcomp: ipcomp?,
+    })
+}
 
-    let replay_window = c.optional(Key::ReplayWindow, |s| number_in(s, 0, 4096));
-
-    let keying = match keying {
-        Ok(KeyingKind::Manual) => {
-            only_for(&mut c, KeyClass::Ike, "keying = ike");
-            match (esp_for_keys, ah, ipcomp) {
-                (Ok(esp), Ok(ah), Ok(ipcomp)) => manual::sa_keys(&mut c, esp, ah, ipcomp).map(Keying::Manual),
-                // Which keys are needed depends on the protocol value that was wrong.
-                _ => Err(Bad),
+fn keying(
+    c: &mut Check,
+    kind: Result<KeyingKind, Bad>,
+    protocols: Result<Protocols, Bad>,
+) -> Result<Keying, Bad> {
+    match kind? {
+        KeyingKind::Manual => {
+            only_for(c, KeyClass::Ike, "keying = ike");
+            // Which keys are needed depends on the protocols: skipped when one was wrong, and
+            // for a manual GCM bundle, whose fix (keying = ike) makes every key line wrong.
+            let p = protocols?;
+            if let Some(EspTransform::Aead(_)) = p.esp {
+                return Err(Bad);
             }
+            manual::sa_keys(c, p.esp, p.ah, p.ipcomp).map(Keying::Manual)
         }
-        Ok(KeyingKind::Ike) => {
-            only_for(&mut c, KeyClass::Manual, "keying = manual (with keying = ike the keying daemon negotiates the SAs)");
-            ike::params(&mut c).map(Keying::Ike)
+        KeyingKind::Ike => {
+            only_for(
+                c,
+                KeyClass::Manual,
+                "keying = manual (with keying = ike the keying daemon negotiates the SAs)",
+            );
+            ike::params(c).map(Keying::Ike)
         }
-        Err(Bad) => Err(Bad),
-    };
-
-    let keying = keying.ok()?;
-    let replay_window = replay_window.ok()?.map_or_else(
-        || match keying {
-            Keying::Manual(_) => 0,
-            Keying::Ike(_) => 64,
-        },
-        |n| n as u32, // at most 4096
-    );
-    let bundle = Bundle {
-        name: section.name.clone()?,
-        line: section.line,
-        local: local.ok()?,
-        remote: remote.ok()?,
-        mode: mode.ok()?,
-        local_subnet: local_subnet.ok()?,
-        remote_subnet: remote_subnet.ok()?,
-        protocol: protocol.ok()?,
-        local_port: local_port.ok()?,
-        remote_port: remote_port.ok()?,
-        esp: esp.ok()?,
-        ah: ah.ok()?,
-        ipcomp: ipcomp.ok()?,
-        keying,
-        replay_window,
-    };
-    if c.failed() || section.poisoned {
-        return None;
     }
-    // Only a bundle that would be activated can take an SPI from another.
-    manual::spi_clashes(&mut c, &bundle, accepted);
-    (!c.failed()).then_some(bundle)
 }
 
 /// Checks the key text of `parse_sa_keys`: manual-key names only, AES-GCM allowed.
@@ -232,8 +332,14 @@ fn only_for(c: &mut Check, class: KeyClass, keying: &str) {
 fn weak_algorithm_warnings(c: &mut Check, esp: Option<EspTransform>, ah: Option<IntegAlg>) {
     if let Some(EspTransform::Cipher { cipher, integ }) = esp {
         match cipher {
-            CipherAlg::DesCbc => c.warn(Key::Esp, "DES is broken (56-bit key, RFC 8221 says MUST NOT): use aes128 or stronger".into()),
-            CipherAlg::Null => c.warn(Key::Esp, "the null cipher does not encrypt: traffic is only authenticated".into()),
+            CipherAlg::DesCbc => c.warn(
+                Key::Esp,
+                "DES is broken (56-bit key, RFC 8221 says MUST NOT): use aes128 or stronger".into(),
+            ),
+            CipherAlg::Null => c.warn(
+                Key::Esp,
+                "the null cipher does not encrypt: traffic is only authenticated".into(),
+            ),
             _ => {}
         }
         match integ {
@@ -246,7 +352,10 @@ fn weak_algorithm_warnings(c: &mut Check, esp: Option<EspTransform>, ah: Option<
         }
     }
     if ah == Some(IntegAlg::HmacMd5_96) {
-        c.warn(Key::Ah, "HMAC-MD5 is deprecated (RFC 8221): use sha256 or sha1".into());
+        c.warn(
+            Key::Ah,
+            "HMAC-MD5 is deprecated (RFC 8221): use sha256 or sha1".into(),
+        );
     }
 }
 
@@ -261,7 +370,8 @@ const PROTO_TCP: u8 = 6;
 const PROTO_UDP: u8 = 17;
 
 fn address(s: &str) -> Parsed<Ipv4Addr> {
-    s.parse().map_err(|_| format!("{} is not an IPv4 address (a.b.c.d)", shown(s)))
+    s.parse()
+        .map_err(|_| format!("{} is not an IPv4 address (a.b.c.d)", shown(s)))
 }
 
 fn keying_kind(s: &str) -> Parsed<KeyingKind> {
@@ -289,7 +399,12 @@ fn protocol(s: &str) -> Parsed<Option<u8>> {
         "udp" => Ok(Some(PROTO_UDP)),
         _ => number_in(s, 0, 255)
             .map(|n| Some(n as u8)) // at most 255
-            .map_err(|_| format!("{} is not any, icmp, tcp, udp or a protocol number 0-255", shown(s))),
+            .map_err(|_| {
+                format!(
+                    "{} is not any, icmp, tcp, udp or a protocol number 0-255",
+                    shown(s)
+                )
+            }),
     }
 }
 
@@ -324,7 +439,10 @@ fn ipcomp(s: &str) -> Parsed<bool> {
     if s.eq_ignore_ascii_case("deflate") {
         Ok(true)
     } else {
-        Err(format!("{} is not deflate (the only IPComp algorithm)", shown(s)))
+        Err(format!(
+            "{} is not deflate (the only IPComp algorithm)",
+            shown(s)
+        ))
     }
 }
 
@@ -342,7 +460,10 @@ mod tests {
         assert_eq!(ipcomp("DEFLATE"), Ok(true));
         assert_eq!(
             esp_transform("AES128-SHA1"),
-            Ok(EspTransform::Cipher { cipher: CipherAlg::AesCbc128, integ: Some(IntegAlg::HmacSha1_96) })
+            Ok(EspTransform::Cipher {
+                cipher: CipherAlg::AesCbc128,
+                integ: Some(IntegAlg::HmacSha1_96)
+            })
         );
     }
 
@@ -361,14 +482,28 @@ mod tests {
 
     #[test]
     fn esp_names() {
-        assert_eq!(esp_transform("null-none"), Err("null-none would neither encrypt nor authenticate".into()));
-        assert_eq!(esp_transform("NULL-None"), Err("null-none would neither encrypt nor authenticate".into()));
-        assert!(esp_transform("aes128").unwrap_err().contains("not an ESP transform"));
+        assert_eq!(
+            esp_transform("null-none"),
+            Err("null-none would neither encrypt nor authenticate".into())
+        );
+        assert_eq!(
+            esp_transform("NULL-None"),
+            Err("null-none would neither encrypt nor authenticate".into())
+        );
+        assert!(esp_transform("aes128")
+            .unwrap_err()
+            .contains("not an ESP transform"));
         assert!(esp_transform("aes128-sha384").is_err());
-        assert_eq!(esp_transform("aes256gcm16"), Ok(EspTransform::Aead(crate::crypto::AeadAlg::AesGcm16_256)));
+        assert_eq!(
+            esp_transform("aes256gcm16"),
+            Ok(EspTransform::Aead(crate::crypto::AeadAlg::AesGcm16_256))
+        );
         assert_eq!(
             esp_transform("3des-none"),
-            Ok(EspTransform::Cipher { cipher: CipherAlg::TripleDesCbc, integ: None })
+            Ok(EspTransform::Cipher {
+                cipher: CipherAlg::TripleDesCbc,
+                integ: None
+            })
         );
     }
 }

@@ -24,7 +24,10 @@ fn mask(prefix: u8) -> u32 {
 impl Cidr {
     /// None when `prefix` > 32; host bits of `addr` are cleared.
     pub fn new(addr: Ipv4Addr, prefix: u8) -> Option<Cidr> {
-        (prefix <= 32).then(|| Cidr { addr: Ipv4Addr::from(u32::from(addr) & mask(prefix)), prefix })
+        (prefix <= 32).then(|| Cidr {
+            addr: Ipv4Addr::from(u32::from(addr) & mask(prefix)),
+            prefix,
+        })
     }
 
     pub fn host(addr: Ipv4Addr) -> Cidr {
@@ -57,9 +60,11 @@ impl FromStr for Cidr {
             .map_err(|_| format!("{} is not an IPv4 address (a.b.c.d)", shown(addr_text)))?;
         let prefix = match prefix_text {
             None => 32,
-            Some(p) if !p.is_empty() && p.len() <= 2 && p.bytes().all(|b| b.is_ascii_digit()) => {
-                p.parse::<u8>().ok().filter(|&n| n <= 32).ok_or_else(|| bad_prefix(p))?
-            }
+            Some(p) if !p.is_empty() && p.len() <= 2 && p.bytes().all(|b| b.is_ascii_digit()) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|&n| n <= 32)
+                .ok_or_else(|| bad_prefix(p))?,
             Some(p) => return Err(bad_prefix(p).into()),
         };
         let network = Cidr::new(addr, prefix).ok_or_else(|| bad_prefix(&prefix.to_string()))?;
@@ -81,9 +86,18 @@ mod tests {
     #[test]
     fn parse_and_display() {
         let c: Cidr = "10.1.0.0/16".parse().unwrap();
-        assert_eq!(c, Cidr { addr: Ipv4Addr::new(10, 1, 0, 0), prefix: 16 });
+        assert_eq!(
+            c,
+            Cidr {
+                addr: Ipv4Addr::new(10, 1, 0, 0),
+                prefix: 16
+            }
+        );
         assert_eq!(c.to_string(), "10.1.0.0/16");
-        assert_eq!("192.0.2.7".parse::<Cidr>(), Ok(Cidr::host(Ipv4Addr::new(192, 0, 2, 7))));
+        assert_eq!(
+            "192.0.2.7".parse::<Cidr>(),
+            Ok(Cidr::host(Ipv4Addr::new(192, 0, 2, 7)))
+        );
         assert_eq!("0.0.0.0/0".parse::<Cidr>().map(|c| c.prefix), Ok(0));
         assert_eq!("10.0.0.1/32".parse::<Cidr>().map(|c| c.prefix), Ok(32));
     }
@@ -91,13 +105,28 @@ mod tests {
     #[test]
     fn host_bits_are_an_error_that_names_the_network() {
         let e = "10.1.0.5/24".parse::<Cidr>().unwrap_err();
-        assert_eq!(e.to_string(), "10.1.0.5/24 has host bits set: the network is 10.1.0.0/24");
+        assert_eq!(
+            e.to_string(),
+            "10.1.0.5/24 has host bits set: the network is 10.1.0.0/24"
+        );
     }
 
     #[test]
     fn rejects_malformed() {
-        for bad in ["", "/24", "10.0.0.0/", "10.0.0.0/33", "10.0.0.0/-1", "10.0.0.0/+8", "10.0.0/8",
-                    "10.0.0.0/8/8", "10.0.0.0/008", "010.0.0.0/8", "10.0.0.0 /8", "host/8"] {
+        for bad in [
+            "",
+            "/24",
+            "10.0.0.0/",
+            "10.0.0.0/33",
+            "10.0.0.0/-1",
+            "10.0.0.0/+8",
+            "10.0.0/8",
+            "10.0.0.0/8/8",
+            "10.0.0.0/008",
+            "010.0.0.0/8",
+            "10.0.0.0 /8",
+            "host/8",
+        ] {
             assert!(bad.parse::<Cidr>().is_err(), "{bad:?}");
         }
     }

@@ -35,7 +35,9 @@ pub enum DhGroup {
 }
 
 fn by_name<T: Copy>(all: &[T], name: fn(T) -> &'static str, s: &str) -> Option<T> {
-    all.iter().copied().find(|&a| name(a).eq_ignore_ascii_case(s))
+    all.iter()
+        .copied()
+        .find(|&a| name(a).eq_ignore_ascii_case(s))
 }
 
 impl IkeCipher {
@@ -119,7 +121,13 @@ impl IkeProposal {
 
 impl fmt::Display for IkeProposal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}-{}", self.cipher.name(), self.hash.name(), self.group.name())
+        write!(
+            f,
+            "{}-{}-{}",
+            self.cipher.name(),
+            self.hash.name(),
+            self.group.name()
+        )
     }
 }
 
@@ -128,16 +136,35 @@ impl FromStr for IkeProposal {
 
     fn from_str(s: &str) -> Result<IkeProposal, ValueError> {
         let mut parts = s.split('-');
-        let (Some(c), Some(h), Some(g), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
-            return Err(format!("{} is not an IKE proposal <cipher>-<hash>-<group> (like aes128-sha1-modp2048)", shown(s)).into());
+        let (Some(c), Some(h), Some(g), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(format!(
+                "{} is not an IKE proposal <cipher>-<hash>-<group> (like aes128-sha1-modp2048)",
+                shown(s)
+            )
+            .into());
         };
         let unknown = |what: &str, part: &str, names: &[&str]| -> ValueError {
-            format!("unknown IKE {what} {} in {} (one of {})", shown(part), shown(s), names.join(", ")).into()
+            format!(
+                "unknown IKE {what} {} in {} (one of {})",
+                shown(part),
+                shown(s),
+                names.join(", ")
+            )
+            .into()
         };
-        let cipher = IkeCipher::from_name(c).ok_or_else(|| unknown("cipher", c, &IkeCipher::ALL.map(IkeCipher::name)))?;
-        let hash = IkeHash::from_name(h).ok_or_else(|| unknown("hash", h, &IkeHash::ALL.map(IkeHash::name)))?;
-        let group = DhGroup::from_name(g).ok_or_else(|| unknown("group", g, &DhGroup::ALL.map(DhGroup::name)))?;
-        Ok(IkeProposal { cipher, hash, group })
+        let cipher = IkeCipher::from_name(c)
+            .ok_or_else(|| unknown("cipher", c, &IkeCipher::ALL.map(IkeCipher::name)))?;
+        let hash = IkeHash::from_name(h)
+            .ok_or_else(|| unknown("hash", h, &IkeHash::ALL.map(IkeHash::name)))?;
+        let group = DhGroup::from_name(g)
+            .ok_or_else(|| unknown("group", g, &DhGroup::ALL.map(DhGroup::name)))?;
+        Ok(IkeProposal {
+            cipher,
+            hash,
+            group,
+        })
     }
 }
 
@@ -146,9 +173,21 @@ impl IkeParams {
     pub fn default_proposals() -> Vec<IkeProposal> {
         use {DhGroup::*, IkeCipher::*, IkeHash::*};
         vec![
-            IkeProposal { cipher: Aes128, hash: Sha1, group: Modp2048 },
-            IkeProposal { cipher: Aes128, hash: Sha1, group: Modp1536 },
-            IkeProposal { cipher: TripleDes, hash: Sha1, group: Modp1024 },
+            IkeProposal {
+                cipher: Aes128,
+                hash: Sha1,
+                group: Modp2048,
+            },
+            IkeProposal {
+                cipher: Aes128,
+                hash: Sha1,
+                group: Modp1536,
+            },
+            IkeProposal {
+                cipher: TripleDes,
+                hash: Sha1,
+                group: Modp1024,
+            },
         ]
     }
 }
@@ -198,7 +237,13 @@ pub(super) fn params(c: &mut Check) -> Result<IkeParams, Bad> {
     for p in proposals.iter().flatten().flatten() {
         let why = p.weaknesses();
         if !why.is_empty() {
-            c.warn(Key::Ike, format!("proposal {p} uses {}, deprecated by RFC 8247", why.join(" and ")));
+            c.warn(
+                Key::Ike,
+                format!(
+                    "proposal {p} uses {}, deprecated by RFC 8247",
+                    why.join(" and ")
+                ),
+            );
         }
     }
     let pfs = c.optional(Key::Pfs, yes_no);
@@ -223,14 +268,21 @@ pub(super) fn params(c: &mut Check) -> Result<IkeParams, Bad> {
 /// Pluto rekeys up to rekeymargin × (100% + rekeyfuzz) before expiry; a lifetime not longer
 /// than that would have the SA due for rekeying the moment it is up (whack refuses it too).
 fn check_rekey_fits(c: &mut Check, p: &IkeParams) -> Result<(), Bad> {
-    let earliest_rekey = u128::from(p.rekeymargin_secs) * (100 + u128::from(p.rekeyfuzz_percent)) / 100;
+    let earliest_rekey =
+        u128::from(p.rekeymargin_secs) * (100 + u128::from(p.rekeyfuzz_percent)) / 100;
     let mut result = Ok(());
-    for (key, life) in [(Key::Lifetime, p.lifetime_secs), (Key::IkeLifetime, p.ike_lifetime_secs)] {
+    for (key, life) in [
+        (Key::Lifetime, p.lifetime_secs),
+        (Key::IkeLifetime, p.ike_lifetime_secs),
+    ] {
         if u128::from(life) > earliest_rekey {
             continue;
         }
         // Blame the key the administrator wrote: the defaults alone always fit.
-        let at = [key, Key::RekeyMargin, Key::RekeyFuzz].into_iter().find(|&k| c.entry(k).is_some()).unwrap_or(key);
+        let at = [key, Key::RekeyMargin, Key::RekeyFuzz]
+            .into_iter()
+            .find(|&k| c.entry(k).is_some())
+            .unwrap_or(key);
         c.fail(
             at,
             format!(
@@ -256,42 +308,91 @@ mod tests {
         for cipher in IkeCipher::ALL {
             for hash in IkeHash::ALL {
                 for group in DhGroup::ALL {
-                    let p = IkeProposal { cipher, hash, group };
+                    let p = IkeProposal {
+                        cipher,
+                        hash,
+                        group,
+                    };
                     assert_eq!(p.to_string().parse::<IkeProposal>(), Ok(p));
-                    assert_eq!(p.to_string().to_ascii_uppercase().parse::<IkeProposal>(), Ok(p));
+                    assert_eq!(
+                        p.to_string().to_ascii_uppercase().parse::<IkeProposal>(),
+                        Ok(p)
+                    );
                 }
             }
         }
         assert_eq!(
             "aes128-sha1-modp2048".parse::<IkeProposal>(),
-            Ok(IkeProposal { cipher: IkeCipher::Aes128, hash: IkeHash::Sha1, group: DhGroup::Modp2048 })
+            Ok(IkeProposal {
+                cipher: IkeCipher::Aes128,
+                hash: IkeHash::Sha1,
+                group: DhGroup::Modp2048
+            })
         );
     }
 
     #[test]
     fn bad_proposals_say_which_part() {
-        let e = "aes192-sha1-modp2048".parse::<IkeProposal>().unwrap_err().to_string();
-        assert_eq!(e, "unknown IKE cipher 'aes192' in 'aes192-sha1-modp2048' (one of 3des, aes128, aes256)");
-        assert!("aes128-sha384-modp2048".parse::<IkeProposal>().unwrap_err().to_string().contains("hash 'sha384'"));
-        assert!("aes128-sha1-modp4096".parse::<IkeProposal>().unwrap_err().to_string().contains("group 'modp4096'"));
-        for bad in ["", "aes128", "aes128-sha1", "aes128-sha1-modp2048-x", "aes128--modp2048"] {
+        let e = "aes192-sha1-modp2048"
+            .parse::<IkeProposal>()
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "unknown IKE cipher 'aes192' in 'aes192-sha1-modp2048' (one of 3des, aes128, aes256)"
+        );
+        assert!("aes128-sha384-modp2048"
+            .parse::<IkeProposal>()
+            .unwrap_err()
+            .to_string()
+            .contains("hash 'sha384'"));
+        assert!("aes128-sha1-modp4096"
+            .parse::<IkeProposal>()
+            .unwrap_err()
+            .to_string()
+            .contains("group 'modp4096'"));
+        for bad in [
+            "",
+            "aes128",
+            "aes128-sha1",
+            "aes128-sha1-modp2048-x",
+            "aes128--modp2048",
+        ] {
             assert!(bad.parse::<IkeProposal>().is_err(), "{bad:?}");
         }
     }
 
     #[test]
     fn proposal_lists() {
-        assert_eq!(proposal_list("aes256-sha256-modp2048 , 3des-md5-modp1024").map(|l| l.len()), Ok(2));
-        assert!(proposal_list("aes256-sha256-modp2048,").unwrap_err().contains("empty item"));
+        assert_eq!(
+            proposal_list("aes256-sha256-modp2048 , 3des-md5-modp1024").map(|l| l.len()),
+            Ok(2)
+        );
+        assert!(proposal_list("aes256-sha256-modp2048,")
+            .unwrap_err()
+            .contains("empty item"));
     }
 
     #[test]
     fn defaults_match_spec() {
         let d = IkeParams::default();
         let text: Vec<String> = d.proposals.iter().map(ToString::to_string).collect();
-        assert_eq!(text, ["aes128-sha1-modp2048", "aes128-sha1-modp1536", "3des-sha1-modp1024"]);
-        assert_eq!((d.pfs, d.lifetime_secs, d.ike_lifetime_secs), (true, 28_800, 3600));
-        assert_eq!((d.rekeymargin_secs, d.rekeyfuzz_percent, d.keyingtries), (540, 100, 3));
+        assert_eq!(
+            text,
+            [
+                "aes128-sha1-modp2048",
+                "aes128-sha1-modp1536",
+                "3des-sha1-modp1024"
+            ]
+        );
+        assert_eq!(
+            (d.pfs, d.lifetime_secs, d.ike_lifetime_secs),
+            (true, 28_800, 3600)
+        );
+        assert_eq!(
+            (d.rekeymargin_secs, d.rekeyfuzz_percent, d.keyingtries),
+            (540, 100, 3)
+        );
         assert_eq!(DhGroup::ALL.map(DhGroup::number), [2, 5, 14]);
     }
 

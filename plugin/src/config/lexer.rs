@@ -2,6 +2,8 @@
 //! header, unknown or duplicate key, missing `=`, empty value, overlong or non-UTF-8 line)
 //! is reported here; the bundle checks then see only well-formed entries.
 
+use std::collections::HashMap;
+
 use super::value::shown;
 use super::{Diags, MAX_LINE_BYTES};
 
@@ -127,7 +129,9 @@ impl Key {
     }
 
     pub(super) fn from_name(name: &str) -> Option<Key> {
-        Key::ALL.into_iter().find(|k| k.name().eq_ignore_ascii_case(name))
+        Key::ALL
+            .into_iter()
+            .find(|k| k.name().eq_ignore_ascii_case(name))
     }
 
     pub(super) fn class(self) -> KeyClass {
@@ -174,7 +178,13 @@ pub(super) struct Section<'t> {
 
 impl<'t> Section<'t> {
     fn new(name: Option<String>, line: u32) -> Section<'t> {
-        Section { name, line, entries: Vec::new(), bad_keys: Vec::new(), poisoned: false }
+        Section {
+            name,
+            line,
+            entries: Vec::new(),
+            bad_keys: Vec::new(),
+            poisoned: false,
+        }
     }
 
     pub(super) fn entry(&self, key: Key) -> Option<Entry<'t>> {
@@ -192,8 +202,12 @@ pub(super) enum Layout {
 
 pub(super) fn lex<'t>(bytes: &'t [u8], layout: Layout, diags: &mut Diags) -> Vec<Section<'t>> {
     // Editors on Windows may start the file with a byte-order mark.
-    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF".as_slice()).unwrap_or(bytes);
+    let bytes = bytes
+        .strip_prefix(b"\xEF\xBB\xBF".as_slice())
+        .unwrap_or(bytes);
     let mut sections = Vec::new();
+    // Lowercased name → header line; a map, since a hostile file can hold 200k headers.
+    let mut names: HashMap<String, u32> = HashMap::new();
     if layout == Layout::KeysOnly {
         sections.push(Section::new(None, 0));
     }
@@ -202,7 +216,15 @@ pub(super) fn lex<'t>(bytes: &'t [u8], layout: Layout, diags: &mut Diags) -> Vec
         let raw = raw.strip_suffix(b"\r".as_slice()).unwrap_or(raw);
         let current = sections.last_mut();
         if raw.len() > MAX_LINE_BYTES {
-            line_error(current, line, diags, format!("line is {} bytes long, the limit is {MAX_LINE_BYTES}", raw.len()));
+            line_error(
+                current,
+                line,
+                diags,
+                format!(
+                    "line is {} bytes long, the limit is {MAX_LINE_BYTES}",
+                    raw.len()
+                ),
+            );
             continue;
         }
         let Ok(text) = std::str::from_utf8(raw) else {
@@ -215,20 +237,25 @@ pub(super) fn lex<'t>(bytes: &'t [u8], layout: Layout, diags: &mut Diags) -> Vec
         }
         if let Some(rest) = text.strip_prefix('[') {
             if layout == Layout::KeysOnly {
-                line_error(current, line, diags, "a key text has no [section] headers".to_owned());
+                line_error(
+                    current,
+                    line,
+                    diags,
+                    "a key text has no [section] headers".to_owned(),
+                );
             } else {
                 let mut section = Section::new(header_name(rest, line, diags), line);
                 if let Some(name) = &section.name {
                     // Names only label logs and dumps, where [VPN] and [vpn] would look like
                     // one bundle: so they must differ by more than case.
-                    let first = sections.iter().find(|s| s.name.as_deref().is_some_and(|n| n.eq_ignore_ascii_case(name)));
-                    if let Some(first) = first {
+                    if let Some(first) = names.get(&name.to_ascii_lowercase()) {
                         let message = format!(
-                            "duplicate section name (first at line {}; names are compared ignoring case)",
-                            first.line
+                            "duplicate section name (first at line {first}; names are compared ignoring case)"
                         );
                         diags.error(line, None, Some(name), message);
                         section.poisoned = true;
+                    } else {
+                        names.insert(name.to_ascii_lowercase(), line);
                     }
                 }
                 sections.push(section);
@@ -254,14 +281,20 @@ fn header_name(rest: &str, line: u32, diags: &mut Diags) -> Option<String> {
     let problem = match rest.split_once(']') {
         None => "section header has no closing ']'".to_owned(),
         Some((_, after)) if !after.trim().is_empty() => {
-            format!("unexpected {} after the section header", shown(after.trim()))
+            format!(
+                "unexpected {} after the section header",
+                shown(after.trim())
+            )
         }
         Some((inner, _)) => {
             let name = inner.trim();
             if name.is_empty() {
                 "empty section name".to_owned()
             } else if name.chars().any(|c| c.is_control() || c == '[') {
-                format!("section name {} has a control character or '['", shown(name))
+                format!(
+                    "section name {} has a control character or '['",
+                    shown(name)
+                )
             } else {
                 return Some(name.to_owned());
             }
@@ -276,7 +309,12 @@ fn key_line<'t>(section: Option<&mut Section<'t>>, text: &'t str, line: u32, dia
     let bundle = bundle.as_deref();
     let Some((raw_key, raw_value)) = text.split_once('=') else {
         let key = is_identifier(text).then_some(text);
-        diags.error(line, key, bundle, "missing '=' (expected key = value)".to_owned());
+        diags.error(
+            line,
+            key,
+            bundle,
+            "missing '=' (expected key = value)".to_owned(),
+        );
         poison(section);
         return;
     };
@@ -284,7 +322,12 @@ fn key_line<'t>(section: Option<&mut Section<'t>>, text: &'t str, line: u32, dia
     let value = raw_value.trim();
     let Some(section) = section else {
         let key = is_identifier(raw_key).then_some(raw_key);
-        diags.error(line, key, None, "key outside any section: start a bundle with [name] first".to_owned());
+        diags.error(
+            line,
+            key,
+            None,
+            "key outside any section: start a bundle with [name] first".to_owned(),
+        );
         return;
     };
     if raw_key.is_empty() {
@@ -293,13 +336,22 @@ fn key_line<'t>(section: Option<&mut Section<'t>>, text: &'t str, line: u32, dia
         return;
     }
     let Some(key) = Key::from_name(raw_key) else {
-        let shown_key = if is_identifier(raw_key) { raw_key.to_owned() } else { shown(raw_key) };
+        let shown_key = if is_identifier(raw_key) {
+            raw_key.to_owned()
+        } else {
+            shown(raw_key)
+        };
         diags.error(line, Some(&shown_key), bundle, "unknown key".to_owned());
         section.poisoned = true;
         return;
     };
     if let Some(first) = section.entry(key) {
-        diags.error(line, Some(key.name()), bundle, format!("duplicate key (first at line {})", first.line));
+        diags.error(
+            line,
+            Some(key.name()),
+            bundle,
+            format!("duplicate key (first at line {})", first.line),
+        );
         section.bad_keys.push(key);
         return;
     }
@@ -348,8 +400,14 @@ mod tests {
         assert_eq!(sections.len(), 1);
         let s = &sections[0];
         assert_eq!((s.name.as_deref(), s.line), (Some("a"), 3));
-        assert_eq!(s.entry(Key::Local).map(|e| (e.value, e.line)), Some(("10.0.0.1", 4)));
-        assert_eq!(s.entry(Key::Remote).map(|e| (e.value, e.line)), Some(("10.0.0.2", 5)));
+        assert_eq!(
+            s.entry(Key::Local).map(|e| (e.value, e.line)),
+            Some(("10.0.0.1", 4))
+        );
+        assert_eq!(
+            s.entry(Key::Remote).map(|e| (e.value, e.line)),
+            Some(("10.0.0.2", 5))
+        );
     }
 
     #[test]
@@ -372,7 +430,11 @@ mod tests {
         ] {
             let (sections, diags) = lex_text(text);
             assert_eq!(diags.errors.len(), 1, "{text:?}");
-            assert!(diags.errors[0].message.contains(needle), "{text:?}: {}", diags.errors[0].message);
+            assert!(
+                diags.errors[0].message.contains(needle),
+                "{text:?}: {}",
+                diags.errors[0].message
+            );
             assert_eq!(diags.errors[0].line, 1);
             assert_eq!(sections[0].name, None, "{text:?}");
         }
@@ -386,18 +448,30 @@ mod tests {
         assert_eq!((e.line, e.bundle.as_deref()), (3, Some("VPN")));
         assert!(e.message.contains("first at line 1"));
         assert!(sections[2].poisoned && !sections[0].poisoned);
-        assert_eq!(sections[2].name.as_deref(), Some("VPN"), "kept to label its other errors");
+        assert_eq!(
+            sections[2].name.as_deref(),
+            Some("VPN"),
+            "kept to label its other errors"
+        );
     }
 
     #[test]
     fn line_level_errors_name_line_and_key() {
         let text = "local = 1.2.3.4\n[a]\nlocal\nfoo = 1\nremote =\nlocal = 1.1.1.1\nlocal = 2.2.2.2\n= 5\n";
         let (sections, diags) = lex_text(text);
-        let got: Vec<_> = diags.errors.iter().map(|d| (d.line, d.key.as_deref(), d.message.as_str())).collect();
+        let got: Vec<_> = diags
+            .errors
+            .iter()
+            .map(|d| (d.line, d.key.as_deref(), d.message.as_str()))
+            .collect();
         assert_eq!(
             got,
             [
-                (1, Some("local"), "key outside any section: start a bundle with [name] first"),
+                (
+                    1,
+                    Some("local"),
+                    "key outside any section: start a bundle with [name] first"
+                ),
                 (3, Some("local"), "missing '=' (expected key = value)"),
                 (4, Some("foo"), "unknown key"),
                 (5, Some("remote"), "empty value"),
@@ -405,7 +479,9 @@ mod tests {
                 (8, None, "missing key name before '='"),
             ]
         );
-        assert!(diags.errors[1..].iter().all(|d| d.bundle.as_deref() == Some("a")));
+        assert!(diags.errors[1..]
+            .iter()
+            .all(|d| d.bundle.as_deref() == Some("a")));
         let s = &sections[0];
         assert!(s.poisoned);
         assert_eq!(s.entry(Key::Local).map(|e| e.value), Some("1.1.1.1"));
@@ -417,7 +493,10 @@ mod tests {
         let long = format!("[a]\nlocal = {}\n[b]\n", "1".repeat(MAX_LINE_BYTES));
         let (sections, diags) = lex_text(&long);
         assert_eq!(diags.errors.len(), 1);
-        assert_eq!((diags.errors[0].line, diags.errors[0].bundle.as_deref()), (2, Some("a")));
+        assert_eq!(
+            (diags.errors[0].line, diags.errors[0].bundle.as_deref()),
+            (2, Some("a"))
+        );
         assert!(sections[0].poisoned && !sections[1].poisoned);
 
         let mut diags = Diags::new("t.cfg");
@@ -440,6 +519,9 @@ mod tests {
         let sections = lex(b"[a]\nesp_spi_in = 0x1000\n", Layout::KeysOnly, &mut diags);
         assert_eq!(sections.len(), 1);
         assert_eq!(diags.errors[0].line, 1);
-        assert_eq!(sections[0].entry(Key::EspSpi(Dir::In)).map(|e| e.line), Some(2));
+        assert_eq!(
+            sections[0].entry(Key::EspSpi(Dir::In)).map(|e| e.line),
+            Some(2)
+        );
     }
 }

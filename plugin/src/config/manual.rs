@@ -28,21 +28,35 @@ pub(super) fn sa_keys(
     }
     let outbound = direction(c, Dir::Out, esp, ah, ipcomp);
     let inbound = direction(c, Dir::In, esp, ah, ipcomp);
-    Ok(SaKeys { outbound: outbound?, inbound: inbound? })
+    Ok(SaKeys {
+        outbound: outbound?,
+        inbound: inbound?,
+    })
 }
 
-fn unused(key: Key, esp: Option<EspTransform>, ah: Option<IntegAlg>, ipcomp: bool) -> Option<String> {
+fn unused(
+    key: Key,
+    esp: Option<EspTransform>,
+    ah: Option<IntegAlg>,
+    ipcomp: bool,
+) -> Option<String> {
     match (key, esp) {
-        (Key::EspSpi(_) | Key::EspEncKey(_) | Key::EspAuthKey(_), None) => Some("the bundle has no esp".into()),
-        (Key::EspEncKey(_), Some(EspTransform::Cipher { cipher: CipherAlg::Null, .. })) => {
-            Some("the null cipher takes no key".into())
+        (Key::EspSpi(_) | Key::EspEncKey(_) | Key::EspAuthKey(_), None) => {
+            Some("the bundle has no esp".into())
         }
+        (
+            Key::EspEncKey(_),
+            Some(EspTransform::Cipher {
+                cipher: CipherAlg::Null,
+                ..
+            }),
+        ) => Some("the null cipher takes no key".into()),
         (Key::EspAuthKey(_), Some(t @ EspTransform::Cipher { integ: None, .. })) => {
             Some(format!("esp = {t} has no integrity algorithm"))
         }
-        (Key::EspAuthKey(_), Some(EspTransform::Aead(_))) => {
-            Some("AES-GCM has no separate integrity key (its key and salt go in esp_enc_key_*)".into())
-        }
+        (Key::EspAuthKey(_), Some(EspTransform::Aead(_))) => Some(
+            "AES-GCM has no separate integrity key (its key and salt go in esp_enc_key_*)".into(),
+        ),
         (Key::AhSpi(_) | Key::AhKey(_), _) if ah.is_none() => Some("the bundle has no ah".into()),
         (Key::IpcompCpi(_), _) if !ipcomp => Some("the bundle has no ipcomp".into()),
         _ => None,
@@ -59,10 +73,16 @@ fn direction(
     let esp = esp.map(|t| esp_keys(c, dir, t)).transpose();
     let ah = ah.map(|alg| ah_keys(c, dir, alg)).transpose();
     let ipcomp_cpi = match ipcomp {
-        true => c.optional(Key::IpcompCpi(dir), cpi).map(|v| Some(v.unwrap_or(CPI_DEFLATE))),
+        true => c
+            .optional(Key::IpcompCpi(dir), cpi)
+            .map(|v| Some(v.unwrap_or(CPI_DEFLATE))),
         false => Ok(None),
     };
-    Ok(DirectionKeys { esp: esp?, ah: ah?, ipcomp_cpi: ipcomp_cpi? })
+    Ok(DirectionKeys {
+        esp: esp?,
+        ah: ah?,
+        ipcomp_cpi: ipcomp_cpi?,
+    })
 }
 
 fn esp_keys(c: &mut Check, dir: Dir, t: EspTransform) -> Result<EspKeys, Bad> {
@@ -74,25 +94,53 @@ fn esp_keys(c: &mut Check, dir: Dir, t: EspTransform) -> Result<EspKeys, Bad> {
     };
     let enc_key = enc_key.and_then(|k| refuse_weak_des(c, Key::EspEncKey(dir), t, k));
     let auth_key = match t {
-        EspTransform::Cipher { integ: Some(i), .. } => {
-            key_material(c, Key::EspAuthKey(dir), &needed_for, integ_name(i), i.key_len())
-        }
+        EspTransform::Cipher { integ: Some(i), .. } => key_material(
+            c,
+            Key::EspAuthKey(dir),
+            &needed_for,
+            integ_name(i),
+            i.key_len(),
+        ),
         _ => Ok(Vec::new()),
     };
-    Ok(EspKeys { spi: spi?, enc_key: enc_key?, auth_key: auth_key? })
+    Ok(EspKeys {
+        spi: spi?,
+        enc_key: enc_key?,
+        auth_key: auth_key?,
+    })
 }
 
 fn ah_keys(c: &mut Check, dir: Dir, alg: IntegAlg) -> Result<AhKeys, Bad> {
     let needed_for = format!("by ah = {}", alg.name());
     let spi = c.required(Key::AhSpi(dir), &needed_for, spi);
-    let key = key_material(c, Key::AhKey(dir), &needed_for, integ_name(alg), alg.key_len());
-    Ok(AhKeys { spi: spi?, key: key? })
+    let key = key_material(
+        c,
+        Key::AhKey(dir),
+        &needed_for,
+        integ_name(alg),
+        alg.key_len(),
+    );
+    Ok(AhKeys {
+        spi: spi?,
+        key: key?,
+    })
 }
 
-fn key_material(c: &mut Check, key: Key, needed_for: &str, alg: &'static str, len: usize) -> Result<Vec<u8>, Bad> {
+fn key_material(
+    c: &mut Check,
+    key: Key,
+    needed_for: &str,
+    alg: &'static str,
+    len: usize,
+) -> Result<Vec<u8>, Bad> {
     let bytes = c.required(key, needed_for, hex_key)?;
     if bytes.len() != len {
-        let mut message = KeyError::BadLength { alg, expected: len, got: bytes.len() }.to_string();
+        let mut message = KeyError::BadLength {
+            alg,
+            expected: len,
+            got: bytes.len(),
+        }
+        .to_string();
         if alg.ends_with("GCM") {
             message.push_str(" (the AES key followed by the 4-byte salt, RFC 4106 section 8.1)");
         }
@@ -106,7 +154,9 @@ fn key_material(c: &mut Check, key: Key, needed_for: &str, alg: &'static str, le
 fn spi(s: &str) -> Parsed<u32> {
     match number_in(s, 0, u64::from(u32::MAX))? {
         0 => Err("SPI 0 is reserved (RFC 4303 section 2.1: it stands for no SA)".into()),
-        n @ 1..=255 => Err(format!("SPI {n} is reserved: SPIs 1-255 are kept by IANA (RFC 4303 section 2.1)")),
+        n @ 1..=255 => Err(format!(
+            "SPI {n} is reserved: SPIs 1-255 are kept by IANA (RFC 4303 section 2.1)"
+        )),
         n => Ok(n as u32), // at most u32::MAX
     }
 }
@@ -168,10 +218,19 @@ fn des_key_bits(key: &[u8]) -> u64 {
 /// DES weak and semi-weak keys are refused (see RFC 2405 on weak keys); so is a 3DES key
 /// whose K1 = K2 or K2 = K3, which makes 3DES single DES (RFC 2451: implementations MUST
 /// reject it).
-fn refuse_weak_des(c: &mut Check, key: Key, t: EspTransform, bytes: Vec<u8>) -> Result<Vec<u8>, Bad> {
-    let EspTransform::Cipher { cipher, .. } = t else { return Ok(bytes) };
+fn refuse_weak_des(
+    c: &mut Check,
+    key: Key,
+    t: EspTransform,
+    bytes: Vec<u8>,
+) -> Result<Vec<u8>, Bad> {
+    let EspTransform::Cipher { cipher, .. } = t else {
+        return Ok(bytes);
+    };
     let weak = match cipher {
-        CipherAlg::DesCbc => DES_WEAK_KEYS.iter().any(|&w| w & 0xFEFE_FEFE_FEFE_FEFE == des_key_bits(&bytes)),
+        CipherAlg::DesCbc => DES_WEAK_KEYS
+            .iter()
+            .any(|&w| w & 0xFEFE_FEFE_FEFE_FEFE == des_key_bits(&bytes)),
         CipherAlg::TripleDesCbc => {
             let k: Vec<u64> = bytes.chunks(8).map(des_key_bits).collect();
             k.len() == 3 && (k[0] == k[1] || k[1] == k[2])
@@ -179,7 +238,11 @@ fn refuse_weak_des(c: &mut Check, key: Key, t: EspTransform, bytes: Vec<u8>) -> 
         _ => false,
     };
     if weak {
-        let alg = if cipher == CipherAlg::DesCbc { "DES" } else { "3DES" };
+        let alg = if cipher == CipherAlg::DesCbc {
+            "DES"
+        } else {
+            "3DES"
+        };
         let why = match cipher {
             CipherAlg::DesCbc => "a weak or semi-weak DES key",
             _ => "K1 = K2 or K2 = K3 would make it single DES",
@@ -195,18 +258,44 @@ fn refuse_weak_des(c: &mut Check, key: Key, t: EspTransform, bytes: Vec<u8>) -> 
 /// address, may be any); likewise outbound towards one peer, or the peer could not tell
 /// them apart.
 pub(super) fn spi_clashes(c: &mut Check, bundle: &Bundle, accepted: &[Bundle]) {
-    let Keying::Manual(mine) = &bundle.keying else { return };
+    let Keying::Manual(mine) = &bundle.keying else {
+        return;
+    };
     for other in accepted {
-        let Keying::Manual(theirs) = &other.keying else { continue };
-        let same_local = bundle.local == other.local || bundle.local.is_unspecified() || other.local.is_unspecified();
+        let Keying::Manual(theirs) = &other.keying else {
+            continue;
+        };
+        let same_local = bundle.local == other.local
+            || bundle.local.is_unspecified()
+            || other.local.is_unspecified();
         let same_remote = bundle.remote == other.remote;
         let esp_spi = |d: &DirectionKeys| d.esp.as_ref().map(|k| k.spi);
         let ah_spi = |d: &DirectionKeys| d.ah.as_ref().map(|k| k.spi);
         let pairs = [
-            (Key::EspSpi(Dir::In), same_local, esp_spi(&mine.inbound), esp_spi(&theirs.inbound)),
-            (Key::AhSpi(Dir::In), same_local, ah_spi(&mine.inbound), ah_spi(&theirs.inbound)),
-            (Key::EspSpi(Dir::Out), same_remote, esp_spi(&mine.outbound), esp_spi(&theirs.outbound)),
-            (Key::AhSpi(Dir::Out), same_remote, ah_spi(&mine.outbound), ah_spi(&theirs.outbound)),
+            (
+                Key::EspSpi(Dir::In),
+                same_local,
+                esp_spi(&mine.inbound),
+                esp_spi(&theirs.inbound),
+            ),
+            (
+                Key::AhSpi(Dir::In),
+                same_local,
+                ah_spi(&mine.inbound),
+                ah_spi(&theirs.inbound),
+            ),
+            (
+                Key::EspSpi(Dir::Out),
+                same_remote,
+                esp_spi(&mine.outbound),
+                esp_spi(&theirs.outbound),
+            ),
+            (
+                Key::AhSpi(Dir::Out),
+                same_remote,
+                ah_spi(&mine.outbound),
+                ah_spi(&theirs.outbound),
+            ),
         ];
         for (key, same_destination, spi, other_spi) in pairs {
             if let (true, Some(spi)) = (same_destination, spi) {
@@ -249,7 +338,10 @@ mod tests {
     fn des_weak_keys_ignore_parity() {
         // 0x0000000000000000 is the weak key 0x0101010101010101 without parity bits.
         assert_eq!(des_key_bits(&[0; 8]), des_key_bits(&[1; 8]));
-        assert!(DES_WEAK_KEYS.iter().any(|&w| w & 0xFEFE_FEFE_FEFE_FEFE == des_key_bits(&[0; 8])));
-        assert!(!DES_WEAK_KEYS.iter().any(|&w| w & 0xFEFE_FEFE_FEFE_FEFE == des_key_bits(&[0x13, 0x34, 0x57, 0x79, 0x9B, 0xBC, 0xDF, 0xF1])));
+        assert!(DES_WEAK_KEYS
+            .iter()
+            .any(|&w| w & 0xFEFE_FEFE_FEFE_FEFE == des_key_bits(&[0; 8])));
+        assert!(!DES_WEAK_KEYS.iter().any(|&w| w & 0xFEFE_FEFE_FEFE_FEFE
+            == des_key_bits(&[0x13, 0x34, 0x57, 0x79, 0x9B, 0xBC, 0xDF, 0xF1])));
     }
 }

@@ -35,6 +35,10 @@ pub use value::ValueError;
 pub const MAX_FILE_BYTES: usize = 1 << 20;
 /// Longer lines are an error (the longest legitimate line, a 3DES key, is under 100 bytes).
 pub const MAX_LINE_BYTES: usize = 4096;
+/// Errors (and, separately, warnings) listed per file; the rest are counted in one last
+/// diagnostic, so that a file of garbage cannot flood ipsec.log and the output window.
+/// Which bundles are activated does not depend on this cap.
+pub const MAX_DIAGNOSTICS: usize = 1000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -200,7 +204,9 @@ pub fn parse_sa_keys(
     let mut diags = Diags::new(source);
     let keys = if check_file_size(text.as_bytes(), &mut diags) {
         let sections = lexer::lex(text.as_bytes(), lexer::Layout::KeysOnly, &mut diags);
-        sections.first().and_then(|s| bundle::check_key_text(s, esp, ah, ipcomp, &mut diags))
+        sections
+            .first()
+            .and_then(|s| bundle::check_key_text(s, esp, ah, ipcomp, &mut diags))
     } else {
         None
     };
@@ -221,12 +227,21 @@ fn parse_bytes(bytes: &[u8], file: &str) -> Config {
         }
     }
     let diags = diags.into_sorted();
-    Config { bundles, errors: diags.errors, warnings: diags.warnings }
+    Config {
+        bundles,
+        errors: diags.errors,
+        warnings: diags.warnings,
+    }
 }
 
 fn check_file_size(bytes: &[u8], diags: &mut Diags) -> bool {
     if bytes.len() > MAX_FILE_BYTES {
-        diags.error(0, None, None, format!("file is larger than {MAX_FILE_BYTES} bytes; nothing loaded"));
+        diags.error(
+            0,
+            None,
+            None,
+            format!("file is larger than {MAX_FILE_BYTES} bytes; nothing loaded"),
+        );
         return false;
     }
     true
@@ -237,14 +252,28 @@ struct Diags {
     file: String,
     errors: Vec<Diagnostic>,
     warnings: Vec<Diagnostic>,
+    errors_not_listed: usize,
+    warnings_not_listed: usize,
 }
 
 impl Diags {
     fn new(file: &str) -> Diags {
-        Diags { file: file.to_owned(), errors: Vec::new(), warnings: Vec::new() }
+        Diags {
+            file: file.to_owned(),
+            errors: Vec::new(),
+            warnings: Vec::new(),
+            errors_not_listed: 0,
+            warnings_not_listed: 0,
+        }
     }
 
-    fn make(&self, line: u32, key: Option<&str>, bundle: Option<&str>, message: String) -> Diagnostic {
+    fn make(
+        &self,
+        line: u32,
+        key: Option<&str>,
+        bundle: Option<&str>,
+        message: String,
+    ) -> Diagnostic {
         Diagnostic {
             file: self.file.clone(),
             line,
@@ -255,19 +284,36 @@ impl Diags {
     }
 
     fn error(&mut self, line: u32, key: Option<&str>, bundle: Option<&str>, message: String) {
-        let d = self.make(line, key, bundle, message);
-        self.errors.push(d);
+        if self.errors.len() < MAX_DIAGNOSTICS {
+            let d = self.make(line, key, bundle, message);
+            self.errors.push(d);
+        } else {
+            self.errors_not_listed += 1;
+        }
     }
 
     fn warning(&mut self, line: u32, key: Option<&str>, bundle: Option<&str>, message: String) {
-        let d = self.make(line, key, bundle, message);
-        self.warnings.push(d);
+        if self.warnings.len() < MAX_DIAGNOSTICS {
+            let d = self.make(line, key, bundle, message);
+            self.warnings.push(d);
+        } else {
+            self.warnings_not_listed += 1;
+        }
     }
 
     /// Reading order: checks run section by section and key by key, not line by line.
     fn into_sorted(mut self) -> Diags {
         self.errors.sort_by_key(|d| d.line);
         self.warnings.sort_by_key(|d| d.line);
+        let more = |n: usize, what: &str| format!("{n} more {what} not listed");
+        if self.errors_not_listed > 0 {
+            let d = self.make(0, None, None, more(self.errors_not_listed, "errors"));
+            self.errors.push(d);
+        }
+        if self.warnings_not_listed > 0 {
+            let d = self.make(0, None, None, more(self.warnings_not_listed, "warnings"));
+            self.warnings.push(d);
+        }
         self
     }
 }

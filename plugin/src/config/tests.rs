@@ -27,12 +27,19 @@ fn ip(a: u8, b: u8, c: u8, d: u8) -> Ipv4Addr {
 }
 
 fn aes128_sha1() -> EspTransform {
-    EspTransform::Cipher { cipher: CipherAlg::AesCbc128, integ: Some(IntegAlg::HmacSha1_96) }
+    EspTransform::Cipher {
+        cipher: CipherAlg::AesCbc128,
+        integ: Some(IntegAlg::HmacSha1_96),
+    }
 }
 
 /// (line, key, message) of every error, for exact comparisons.
 fn errors(config: &Config) -> Vec<(u32, Option<&str>, &str)> {
-    config.errors.iter().map(|d| (d.line, d.key.as_deref(), d.message.as_str())).collect()
+    config
+        .errors
+        .iter()
+        .map(|d| (d.line, d.key.as_deref(), d.message.as_str()))
+        .collect()
 }
 
 /// The one error of a config that must have exactly one; the bundle it names is not activated.
@@ -40,7 +47,13 @@ fn one_error(text: &str) -> (u32, Option<String>, String) {
     let config = parse(text, "ipsec.cfg");
     assert_eq!(config.errors.len(), 1, "{text}\n{:#?}", config.errors);
     let d = &config.errors[0];
-    assert!(config.bundles.iter().all(|b| Some(&b.name) != d.bundle.as_ref()), "{text}");
+    assert!(
+        config
+            .bundles
+            .iter()
+            .all(|b| Some(&b.name) != d.bundle.as_ref()),
+        "{text}"
+    );
     assert_eq!(d.file, "ipsec.cfg");
     (d.line, d.key.clone(), d.message.clone())
 }
@@ -72,8 +85,14 @@ fn manual(changes: &[(&str, Option<&str>)], extra: &[&str]) -> String {
 
 /// A valid IKE bundle on lines 1-5; `extra` lines start at line 6.
 fn ike(changes: &[(&str, Option<&str>)], extra: &[&str]) -> String {
-    let base = [("[t]", ""), ("local", "192.0.2.1"), ("remote", "192.0.2.2"), ("esp", "aes128-sha1"), ("keying", "ike")]
-        .map(|(k, v)| (k, v.to_owned()));
+    let base = [
+        ("[t]", ""),
+        ("local", "192.0.2.1"),
+        ("remote", "192.0.2.2"),
+        ("esp", "aes128-sha1"),
+        ("keying", "ike"),
+    ]
+    .map(|(k, v)| (k, v.to_owned()));
     build(&base, changes, extra)
 }
 
@@ -140,18 +159,35 @@ fn transport_sample_parses_to_the_exact_bundle() {
         protocol: Some(6),
         local_port: None,
         remote_port: Some(22),
-        esp: Some(EspTransform::Cipher { cipher: CipherAlg::AesCbc128, integ: Some(IntegAlg::HmacSha256_128) }),
+        esp: Some(EspTransform::Cipher {
+            cipher: CipherAlg::AesCbc128,
+            integ: Some(IntegAlg::HmacSha256_128),
+        }),
         ah: Some(IntegAlg::HmacSha1_96),
         ipcomp: true,
         keying: Keying::Manual(SaKeys {
             outbound: DirectionKeys {
-                esp: Some(EspKeys { spi: 0x1001, enc_key: bytes(K16_A), auth_key: bytes(K32_A) }),
-                ah: Some(AhKeys { spi: 0x2001, key: bytes(K20_A) }),
+                esp: Some(EspKeys {
+                    spi: 0x1001,
+                    enc_key: bytes(K16_A),
+                    auth_key: bytes(K32_A),
+                }),
+                ah: Some(AhKeys {
+                    spi: 0x2001,
+                    key: bytes(K20_A),
+                }),
                 ipcomp_cpi: Some(2),
             },
             inbound: DirectionKeys {
-                esp: Some(EspKeys { spi: 4098, enc_key: bytes(K16_B), auth_key: bytes(K32_B) }),
-                ah: Some(AhKeys { spi: 0x2002, key: bytes(K20_B) }),
+                esp: Some(EspKeys {
+                    spi: 4098,
+                    enc_key: bytes(K16_B),
+                    auth_key: bytes(K32_B),
+                }),
+                ah: Some(AhKeys {
+                    spi: 0x2002,
+                    key: bytes(K20_B),
+                }),
                 ipcomp_cpi: Some(0x9000),
             },
         }),
@@ -192,8 +228,14 @@ fn tunnel_sample_parses_to_the_exact_bundle() {
         local: Ipv4Addr::UNSPECIFIED,
         remote: ip(198, 51, 100, 7),
         mode: Mode::Tunnel,
-        local_subnet: Some(Cidr { addr: ip(10, 1, 0, 0), prefix: 16 }),
-        remote_subnet: Some(Cidr { addr: ip(10, 2, 0, 0), prefix: 24 }),
+        local_subnet: Some(Cidr {
+            addr: ip(10, 1, 0, 0),
+            prefix: 16,
+        }),
+        remote_subnet: Some(Cidr {
+            addr: ip(10, 2, 0, 0),
+            prefix: 24,
+        }),
         protocol: Some(17),
         local_port: Some(5060),
         remote_port: None,
@@ -202,8 +244,16 @@ fn tunnel_sample_parses_to_the_exact_bundle() {
         ipcomp: false,
         keying: Keying::Ike(IkeParams {
             proposals: vec![
-                IkeProposal { cipher: IkeCipher::Aes256, hash: IkeHash::Sha256, group: DhGroup::Modp2048 },
-                IkeProposal { cipher: IkeCipher::Aes128, hash: IkeHash::Sha1, group: DhGroup::Modp1536 },
+                IkeProposal {
+                    cipher: IkeCipher::Aes256,
+                    hash: IkeHash::Sha256,
+                    group: DhGroup::Modp2048,
+                },
+                IkeProposal {
+                    cipher: IkeCipher::Aes128,
+                    hash: IkeHash::Sha1,
+                    group: DhGroup::Modp1536,
+                },
             ],
             pfs: false,
             lifetime_secs: 7200,
@@ -222,19 +272,47 @@ fn defaults_of_a_minimal_manual_bundle() {
     let config = parse(&manual(&[], &[]), "ipsec.cfg");
     assert!(config.errors.is_empty(), "{:#?}", config.errors);
     let b = &config.bundles[0];
-    assert_eq!((b.mode, b.local_subnet, b.remote_subnet), (Mode::Transport, None, None));
-    assert_eq!((b.protocol, b.local_port, b.remote_port), (None, None, None));
-    assert_eq!((b.esp, b.ah, b.ipcomp, b.replay_window), (Some(aes128_sha1()), None, false, 0));
-    let Keying::Manual(keys) = &b.keying else { panic!("keying = manual is the default") };
-    assert_eq!(keys.outbound.esp, Some(EspKeys { spi: 0x1001, enc_key: bytes(K16_A), auth_key: bytes(K20_A) }));
-    assert_eq!(keys.inbound.esp, Some(EspKeys { spi: 0x1002, enc_key: bytes(K16_B), auth_key: bytes(K20_B) }));
+    assert_eq!(
+        (b.mode, b.local_subnet, b.remote_subnet),
+        (Mode::Transport, None, None)
+    );
+    assert_eq!(
+        (b.protocol, b.local_port, b.remote_port),
+        (None, None, None)
+    );
+    assert_eq!(
+        (b.esp, b.ah, b.ipcomp, b.replay_window),
+        (Some(aes128_sha1()), None, false, 0)
+    );
+    let Keying::Manual(keys) = &b.keying else {
+        panic!("keying = manual is the default")
+    };
+    assert_eq!(
+        keys.outbound.esp,
+        Some(EspKeys {
+            spi: 0x1001,
+            enc_key: bytes(K16_A),
+            auth_key: bytes(K20_A)
+        })
+    );
+    assert_eq!(
+        keys.inbound.esp,
+        Some(EspKeys {
+            spi: 0x1002,
+            enc_key: bytes(K16_B),
+            auth_key: bytes(K20_B)
+        })
+    );
     assert_eq!((&keys.outbound.ah, keys.outbound.ipcomp_cpi), (&None, None));
 }
 
 #[test]
 fn defaults_of_a_minimal_ike_bundle() {
     let config = parse(&ike(&[], &[]), "ipsec.cfg");
-    assert!(config.errors.is_empty() && config.warnings.is_empty(), "{config:#?}");
+    assert!(
+        config.errors.is_empty() && config.warnings.is_empty(),
+        "{config:#?}"
+    );
     let b = &config.bundles[0];
     assert_eq!(b.keying, Keying::Ike(IkeParams::default()));
     assert_eq!(b.replay_window, 64);
@@ -245,8 +323,13 @@ fn ipcomp_cpis_default_to_the_well_known_deflate_cpi() {
     let text = "[c]\nlocal = 192.0.2.1\nremote = 192.0.2.2\nipcomp = deflate\n";
     let config = parse(text, "ipsec.cfg");
     assert!(config.errors.is_empty(), "{:#?}", config.errors);
-    let Keying::Manual(keys) = &config.bundles[0].keying else { panic!() };
-    assert_eq!((keys.outbound.ipcomp_cpi, keys.inbound.ipcomp_cpi), (Some(2), Some(2)));
+    let Keying::Manual(keys) = &config.bundles[0].keying else {
+        panic!()
+    };
+    assert_eq!(
+        (keys.outbound.ipcomp_cpi, keys.inbound.ipcomp_cpi),
+        (Some(2), Some(2))
+    );
     assert_eq!((&keys.outbound.esp, &keys.inbound.ah), (&None, &None));
 }
 
@@ -261,9 +344,13 @@ fn null_cipher_and_no_integrity_keys_are_empty() {
     );
     let config = parse(&text, "ipsec.cfg");
     assert!(config.errors.is_empty(), "{:#?}", config.errors);
-    let Keying::Manual(n) = &config.bundles[0].keying else { panic!() };
+    let Keying::Manual(n) = &config.bundles[0].keying else {
+        panic!()
+    };
     assert_eq!(n.outbound.esp.as_ref().map(|k| k.enc_key.len()), Some(0));
-    let Keying::Manual(e) = &config.bundles[1].keying else { panic!() };
+    let Keying::Manual(e) = &config.bundles[1].keying else {
+        panic!()
+    };
     assert_eq!(e.inbound.esp.as_ref().map(|k| k.auth_key.len()), Some(0));
 }
 
@@ -282,32 +369,64 @@ fn keys_and_keywords_are_case_insensitive() {
     assert!(config.errors.is_empty(), "{:#?}", config.errors);
     let b = &config.bundles[0];
     assert_eq!(b.name, "Mixed Case");
-    assert_eq!((b.mode, b.protocol, b.local_port), (Mode::Tunnel, Some(6), None));
-    assert_eq!((b.esp, b.ah, b.ipcomp), (Some(aes128_sha1()), Some(IntegAlg::HmacSha256_128), true));
-    let Keying::Manual(keys) = &b.keying else { panic!() };
-    assert_eq!(keys.outbound.esp.as_ref().map(|k| k.enc_key.clone()), Some(bytes(K16_A)));
-    let Keying::Ike(p) = &config.bundles[1].keying else { panic!() };
+    assert_eq!(
+        (b.mode, b.protocol, b.local_port),
+        (Mode::Tunnel, Some(6), None)
+    );
+    assert_eq!(
+        (b.esp, b.ah, b.ipcomp),
+        (Some(aes128_sha1()), Some(IntegAlg::HmacSha256_128), true)
+    );
+    let Keying::Manual(keys) = &b.keying else {
+        panic!()
+    };
+    assert_eq!(
+        keys.outbound.esp.as_ref().map(|k| k.enc_key.clone()),
+        Some(bytes(K16_A))
+    );
+    let Keying::Ike(p) = &config.bundles[1].keying else {
+        panic!()
+    };
     assert_eq!((p.proposals.len(), p.pfs, p.lifetime_secs), (1, true, 3600));
 }
 
 #[test]
 fn hex_keys_take_underscores_anywhere() {
     let spaced = "0x_0011_2233_4455_6677_8899_aabb_ccdd_eeff_";
-    let config = parse(&manual(&[("esp_enc_key_out", Some(spaced))], &[]), "ipsec.cfg");
+    let config = parse(
+        &manual(&[("esp_enc_key_out", Some(spaced))], &[]),
+        "ipsec.cfg",
+    );
     assert!(config.errors.is_empty(), "{:#?}", config.errors);
-    let Keying::Manual(keys) = &config.bundles[0].keying else { panic!() };
-    assert_eq!(keys.outbound.esp.as_ref().map(|k| k.enc_key.clone()), Some(bytes(K16_A)));
+    let Keying::Manual(keys) = &config.bundles[0].keying else {
+        panic!()
+    };
+    assert_eq!(
+        keys.outbound.esp.as_ref().map(|k| k.enc_key.clone()),
+        Some(bytes(K16_A))
+    );
 }
 
 #[test]
 fn bad_bundle_is_left_out_and_the_others_keep_file_order() {
     let good_a = manual(&[], &[]).replace("[t]", "[first]");
-    let bad = manual(&[("esp_enc_key_out", Some("0x0011"))], &[]).replace("[t]", "[broken]").replace("192.0.2.2", "192.0.2.3");
-    let good_b = ike(&[], &[]).replace("[t]", "[last]").replace("192.0.2.2", "192.0.2.4");
+    let bad = manual(&[("esp_enc_key_out", Some("0x0011"))], &[])
+        .replace("[t]", "[broken]")
+        .replace("192.0.2.2", "192.0.2.3");
+    let good_b = ike(&[], &[])
+        .replace("[t]", "[last]")
+        .replace("192.0.2.2", "192.0.2.4");
     let config = parse(&format!("{good_a}{bad}{good_b}"), "ipsec.cfg");
     let names: Vec<&str> = config.bundles.iter().map(|b| b.name.as_str()).collect();
     assert_eq!(names, ["first", "last"]);
-    assert_eq!(errors(&config), [(17, Some("esp_enc_key_out"), "AES-128 needs a 16-byte key, got 2 bytes")]);
+    assert_eq!(
+        errors(&config),
+        [(
+            17,
+            Some("esp_enc_key_out"),
+            "AES-128 needs a 16-byte key, got 2 bytes"
+        )]
+    );
     assert_eq!(config.errors[0].bundle.as_deref(), Some("broken"));
     assert_eq!(config.bundles[1].line, 21);
 }
@@ -327,7 +446,11 @@ remote = 192.0.2.9
 esp = aes128-md4
 ";
     let config = parse(text, "ipsec.cfg");
-    let got: Vec<(u32, Option<&str>)> = config.errors.iter().map(|d| (d.line, d.key.as_deref())).collect();
+    let got: Vec<(u32, Option<&str>)> = config
+        .errors
+        .iter()
+        .map(|d| (d.line, d.key.as_deref()))
+        .collect();
     assert_eq!(
         got,
         [
@@ -348,11 +471,29 @@ esp = aes128-md4
 
 #[test]
 fn diagnostics_display_file_line_key_message() {
-    let config = parse(&manual(&[("esp_enc_key_out", Some("0x00112233445566778899aabbccddee"))], &[]), "ipsec.cfg");
-    assert_eq!(config.errors[0].to_string(), "ipsec.cfg:7: esp_enc_key_out: AES-128 needs a 16-byte key, got 15 bytes");
-    let config = parse(&format!("{}{}", manual(&[], &[]), manual(&[], &[])), "etc/ipsec.cfg");
+    let config = parse(
+        &manual(
+            &[("esp_enc_key_out", Some("0x00112233445566778899aabbccddee"))],
+            &[],
+        ),
+        "ipsec.cfg",
+    );
+    assert_eq!(
+        config.errors[0].to_string(),
+        "ipsec.cfg:7: esp_enc_key_out: AES-128 needs a 16-byte key, got 15 bytes"
+    );
+    let config = parse(
+        &format!("{}{}", manual(&[], &[]), manual(&[], &[])),
+        "etc/ipsec.cfg",
+    );
     assert_eq!(config.errors[0].to_string(), "etc/ipsec.cfg:11: duplicate section name (first at line 1; names are compared ignoring case)");
-    let whole = Diagnostic { file: "f".into(), line: 0, key: None, bundle: None, message: "too big".into() };
+    let whole = Diagnostic {
+        file: "f".into(),
+        line: 0,
+        key: None,
+        bundle: None,
+        message: "too big".into(),
+    };
     assert_eq!(whole.to_string(), "f: too big");
 }
 
@@ -360,132 +501,456 @@ fn diagnostics_display_file_line_key_message() {
 
 #[test]
 fn lexical_errors() {
-    assert_error(&format!("local = 192.0.2.1\n{}", manual(&[], &[])), 1, Some("local"), "outside any section");
-    assert_error(&manual(&[], &["colour = blue"]), 11, Some("colour"), "unknown key");
-    assert_error(&manual(&[], &["esp_spi_in = 0x1003"]), 11, Some("esp_spi_in"), "duplicate key (first at line 6)");
+    assert_error(
+        &format!("local = 192.0.2.1\n{}", manual(&[], &[])),
+        1,
+        Some("local"),
+        "outside any section",
+    );
+    assert_error(
+        &manual(&[], &["colour = blue"]),
+        11,
+        Some("colour"),
+        "unknown key",
+    );
+    assert_error(
+        &manual(&[], &["esp_spi_in = 0x1003"]),
+        11,
+        Some("esp_spi_in"),
+        "duplicate key (first at line 6)",
+    );
     assert_error(&manual(&[], &["mode"]), 11, Some("mode"), "missing '='");
     assert_error(&manual(&[], &["mode ="]), 11, Some("mode"), "empty value");
-    assert_error(&manual(&[], &["mode = ; tunnel"]), 11, Some("mode"), "empty value");
+    assert_error(
+        &manual(&[], &["mode = ; tunnel"]),
+        11,
+        Some("mode"),
+        "empty value",
+    );
     assert_error(&manual(&[], &["= tunnel"]), 11, None, "missing key name");
 }
 
 #[test]
 fn section_header_errors() {
-    let twice = format!("{}{}", manual(&[], &[]), manual(&[], &[]).replace("[t]", "[T]"));
+    let twice = format!(
+        "{}{}",
+        manual(&[], &[]),
+        manual(&[], &[]).replace("[t]", "[T]")
+    );
     assert_error(&twice, 11, None, "duplicate section name (first at line 1");
-    assert_error(&manual(&[], &[]).replacen("[t]", "[]", 1), 1, None, "empty section name");
-    assert_error(&manual(&[], &[]).replacen("[t]", "[t", 1), 1, None, "no closing ']'");
-    assert_error(&manual(&[], &[]).replacen("[t]", "[t]x]", 1), 1, None, "unexpected");
-    assert_error(&manual(&[], &[]).replacen("[t]", "[t\u{1}]", 1), 1, None, "control character");
+    assert_error(
+        &manual(&[], &[]).replacen("[t]", "[]", 1),
+        1,
+        None,
+        "empty section name",
+    );
+    assert_error(
+        &manual(&[], &[]).replacen("[t]", "[t", 1),
+        1,
+        None,
+        "no closing ']'",
+    );
+    assert_error(
+        &manual(&[], &[]).replacen("[t]", "[t]x]", 1),
+        1,
+        None,
+        "unexpected",
+    );
+    assert_error(
+        &manual(&[], &[]).replacen("[t]", "[t\u{1}]", 1),
+        1,
+        None,
+        "control character",
+    );
     // Keys under a bad header are still checked, but never activated.
     for header in ["[]", "[t", "[t]x]"] {
-        let config = parse(&manual(&[], &["mode = bridge"]).replacen("[t]", header, 1), "ipsec.cfg");
+        let config = parse(
+            &manual(&[], &["mode = bridge"]).replacen("[t]", header, 1),
+            "ipsec.cfg",
+        );
         assert!(config.bundles.is_empty());
         assert_eq!(config.errors.len(), 2, "{header}: {:#?}", config.errors);
-        assert_eq!((config.errors[1].line, config.errors[1].key.as_deref()), (11, Some("mode")));
+        assert_eq!(
+            (config.errors[1].line, config.errors[1].key.as_deref()),
+            (11, Some("mode"))
+        );
     }
 }
 
 #[test]
 fn endpoint_errors() {
-    assert_error(&manual(&[("local", None)], &[]), 1, Some("local"), "missing");
-    assert_error(&manual(&[("remote", None)], &[]), 1, Some("remote"), "missing");
-    assert_error(&manual(&[("local", Some("192.0.2"))], &[]), 2, Some("local"), "not an IPv4 address");
-    assert_error(&manual(&[("remote", Some("host.example"))], &[]), 3, Some("remote"), "not an IPv4 address");
-    assert_error(&manual(&[("remote", Some("0.0.0.0"))], &[]), 3, Some("remote"), "needs keying = ike");
-    assert_error(&manual(&[("remote", Some("192.0.2.1"))], &[]), 3, Some("remote"), "same address as local");
+    assert_error(
+        &manual(&[("local", None)], &[]),
+        1,
+        Some("local"),
+        "missing",
+    );
+    assert_error(
+        &manual(&[("remote", None)], &[]),
+        1,
+        Some("remote"),
+        "missing",
+    );
+    assert_error(
+        &manual(&[("local", Some("192.0.2"))], &[]),
+        2,
+        Some("local"),
+        "not an IPv4 address",
+    );
+    assert_error(
+        &manual(&[("remote", Some("host.example"))], &[]),
+        3,
+        Some("remote"),
+        "not an IPv4 address",
+    );
+    assert_error(
+        &manual(&[("remote", Some("0.0.0.0"))], &[]),
+        3,
+        Some("remote"),
+        "needs keying = ike",
+    );
+    assert_error(
+        &manual(&[("remote", Some("192.0.2.1"))], &[]),
+        3,
+        Some("remote"),
+        "same address as local",
+    );
 }
 
 #[test]
 fn road_warrior_and_dynamic_local_are_accepted_with_ike() {
-    let config = parse(&ike(&[("local", Some("0.0.0.0")), ("remote", Some("0.0.0.0"))], &[]), "ipsec.cfg");
+    let config = parse(
+        &ike(
+            &[("local", Some("0.0.0.0")), ("remote", Some("0.0.0.0"))],
+            &[],
+        ),
+        "ipsec.cfg",
+    );
     assert!(config.errors.is_empty(), "{:#?}", config.errors);
-    assert_eq!((config.bundles[0].local, config.bundles[0].remote), (Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED));
+    assert_eq!(
+        (config.bundles[0].local, config.bundles[0].remote),
+        (Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED)
+    );
 }
 
 #[test]
 fn mode_and_subnet_errors() {
-    assert_error(&manual(&[], &["mode = bridge"]), 11, Some("mode"), "not transport or tunnel");
-    assert_error(&manual(&[], &["local_subnet = 10.0.0.0/8"]), 11, Some("local_subnet"), "only with mode = tunnel");
-    assert_error(&manual(&[], &["mode = transport", "remote_subnet = 10.0.0.0/8"]), 12, Some("remote_subnet"), "only with mode = tunnel");
-    assert_error(&manual(&[], &["mode = tunnel", "local_subnet = 10.1.0.5/24"]), 12, Some("local_subnet"), "host bits set: the network is 10.1.0.0/24");
-    assert_error(&manual(&[], &["mode = tunnel", "remote_subnet = 10.0.0.0/33"]), 12, Some("remote_subnet"), "prefix length");
+    assert_error(
+        &manual(&[], &["mode = bridge"]),
+        11,
+        Some("mode"),
+        "not transport or tunnel",
+    );
+    assert_error(
+        &manual(&[], &["local_subnet = 10.0.0.0/8"]),
+        11,
+        Some("local_subnet"),
+        "only with mode = tunnel",
+    );
+    assert_error(
+        &manual(&[], &["mode = transport", "remote_subnet = 10.0.0.0/8"]),
+        12,
+        Some("remote_subnet"),
+        "only with mode = tunnel",
+    );
+    assert_error(
+        &manual(&[], &["mode = tunnel", "local_subnet = 10.1.0.5/24"]),
+        12,
+        Some("local_subnet"),
+        "host bits set: the network is 10.1.0.0/24",
+    );
+    assert_error(
+        &manual(&[], &["mode = tunnel", "remote_subnet = 10.0.0.0/33"]),
+        12,
+        Some("remote_subnet"),
+        "prefix length",
+    );
     // A gateway protects subnets it is not part of: no containment rule.
-    let config = parse(&manual(&[], &["mode = tunnel", "local_subnet = 10.9.0.0/16", "remote_subnet = 0.0.0.0/0"]), "ipsec.cfg");
+    let config = parse(
+        &manual(
+            &[],
+            &[
+                "mode = tunnel",
+                "local_subnet = 10.9.0.0/16",
+                "remote_subnet = 0.0.0.0/0",
+            ],
+        ),
+        "ipsec.cfg",
+    );
     assert!(config.errors.is_empty(), "{:#?}", config.errors);
 }
 
 #[test]
 fn selector_errors() {
-    assert_error(&manual(&[], &["protocol = gre"]), 11, Some("protocol"), "not any, icmp, tcp, udp");
-    assert_error(&manual(&[], &["protocol = 256"]), 11, Some("protocol"), "0-255");
-    assert_error(&manual(&[], &["protocol = icmp", "local_port = 7"]), 12, Some("local_port"), "needs protocol = tcp or udp");
-    assert_error(&manual(&[], &["remote_port = 7"]), 11, Some("remote_port"), "needs protocol = tcp or udp");
-    assert_error(&manual(&[], &["protocol = tcp", "remote_port = 65536"]), 12, Some("remote_port"), "0-65535");
+    assert_error(
+        &manual(&[], &["protocol = gre"]),
+        11,
+        Some("protocol"),
+        "not any, icmp, tcp, udp",
+    );
+    assert_error(
+        &manual(&[], &["protocol = 256"]),
+        11,
+        Some("protocol"),
+        "0-255",
+    );
+    assert_error(
+        &manual(&[], &["protocol = icmp", "local_port = 7"]),
+        12,
+        Some("local_port"),
+        "needs protocol = tcp or udp",
+    );
+    assert_error(
+        &manual(&[], &["remote_port = 7"]),
+        11,
+        Some("remote_port"),
+        "needs protocol = tcp or udp",
+    );
+    assert_error(
+        &manual(&[], &["protocol = tcp", "remote_port = 65536"]),
+        12,
+        Some("remote_port"),
+        "0-65535",
+    );
     // `any` is a port value that selects nothing, so it is fine with any protocol; 6 is tcp.
-    let config = parse(&manual(&[], &["protocol = icmp", "local_port = any"]), "ipsec.cfg");
+    let config = parse(
+        &manual(&[], &["protocol = icmp", "local_port = any"]),
+        "ipsec.cfg",
+    );
     assert!(config.errors.is_empty(), "{:#?}", config.errors);
-    let config = parse(&manual(&[], &["protocol = 6", "local_port = 80"]), "ipsec.cfg");
+    let config = parse(
+        &manual(&[], &["protocol = 6", "local_port = 80"]),
+        "ipsec.cfg",
+    );
     assert_eq!(config.bundles[0].local_port, Some(80));
 }
 
 #[test]
 fn protocol_errors() {
-    assert_error(&manual(&[("esp", Some("aes128-md4"))], &[]), 4, Some("esp"), "not an ESP transform");
-    assert_error(&ike(&[("esp", Some("null-none"))], &[]), 4, Some("esp"), "null-none would neither encrypt nor authenticate");
-    assert_error(&ike(&[], &["ah = sha512"]), 6, Some("ah"), "not md5, sha1 or sha256");
-    assert_error(&ike(&[], &["ipcomp = lzs"]), 6, Some("ipcomp"), "not deflate");
+    assert_error(
+        &manual(&[("esp", Some("aes128-md4"))], &[]),
+        4,
+        Some("esp"),
+        "not an ESP transform",
+    );
+    assert_error(
+        &ike(&[("esp", Some("null-none"))], &[]),
+        4,
+        Some("esp"),
+        "null-none would neither encrypt nor authenticate",
+    );
+    assert_error(
+        &ike(&[], &["ah = sha512"]),
+        6,
+        Some("ah"),
+        "not md5, sha1 or sha256",
+    );
+    assert_error(
+        &ike(&[], &["ipcomp = lzs"]),
+        6,
+        Some("ipcomp"),
+        "not deflate",
+    );
     assert_error(&ike(&[("esp", None)], &[]), 1, None, "no protocol");
-    assert_error(&manual(&[("esp", Some("aes128gcm16"))], &[]), 4, Some("esp"), "AES-GCM needs keying = ike");
-    assert_error(&manual(&[], &["keying = pki"]), 11, Some("keying"), "not manual or ike");
-    assert_error(&manual(&[], &["replay_window = 4097"]), 11, Some("replay_window"), "0-4096");
+    assert_error(
+        &manual(&[("esp", Some("aes128gcm16"))], &[]),
+        4,
+        Some("esp"),
+        "AES-GCM needs keying = ike",
+    );
+    assert_error(
+        &manual(&[], &["keying = pki"]),
+        11,
+        Some("keying"),
+        "not manual or ike",
+    );
+    assert_error(
+        &manual(&[], &["replay_window = 4097"]),
+        11,
+        Some("replay_window"),
+        "0-4096",
+    );
     let config = parse(&manual(&[], &["replay_window = 4096"]), "ipsec.cfg");
     assert_eq!(config.bundles[0].replay_window, 4096);
 }
 
 #[test]
 fn keys_of_the_other_keying_are_errors() {
-    assert_error(&manual(&[], &["pfs = yes"]), 11, Some("pfs"), "applies only to keying = ike");
-    assert_error(&manual(&[], &["lifetime = 1h"]), 11, Some("lifetime"), "applies only to keying = ike");
-    assert_error(&ike(&[], &["esp_spi_in = 0x1000"]), 6, Some("esp_spi_in"), "applies only to keying = manual");
-    assert_error(&ike(&[], &["ipcomp_cpi_out = 2"]), 6, Some("ipcomp_cpi_out"), "applies only to keying = manual");
+    assert_error(
+        &manual(&[], &["pfs = yes"]),
+        11,
+        Some("pfs"),
+        "applies only to keying = ike",
+    );
+    assert_error(
+        &manual(&[], &["lifetime = 1h"]),
+        11,
+        Some("lifetime"),
+        "applies only to keying = ike",
+    );
+    assert_error(
+        &ike(&[], &["esp_spi_in = 0x1000"]),
+        6,
+        Some("esp_spi_in"),
+        "applies only to keying = manual",
+    );
+    assert_error(
+        &ike(&[], &["ipcomp_cpi_out = 2"]),
+        6,
+        Some("ipcomp_cpi_out"),
+        "applies only to keying = manual",
+    );
 }
 
 #[test]
 fn missing_manual_keys_name_the_key() {
-    assert_error(&manual(&[("esp_spi_in", None)], &[]), 1, Some("esp_spi_in"), "missing, required by esp = aes128-sha1");
-    assert_error(&manual(&[("esp_auth_key_out", None)], &[]), 1, Some("esp_auth_key_out"), "missing");
+    assert_error(
+        &manual(&[("esp_spi_in", None)], &[]),
+        1,
+        Some("esp_spi_in"),
+        "missing, required by esp = aes128-sha1",
+    );
+    assert_error(
+        &manual(&[("esp_auth_key_out", None)], &[]),
+        1,
+        Some("esp_auth_key_out"),
+        "missing",
+    );
     let config = parse(&manual(&[], &["ah = md5"]), "ipsec.cfg");
-    let keys: Vec<_> = config.errors.iter().map(|d| (d.line, d.key.as_deref().unwrap_or(""))).collect();
-    assert_eq!(keys, [(1, "ah_spi_out"), (1, "ah_key_out"), (1, "ah_spi_in"), (1, "ah_key_in")]);
+    let keys: Vec<_> = config
+        .errors
+        .iter()
+        .map(|d| (d.line, d.key.as_deref().unwrap_or("")))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            (1, "ah_spi_out"),
+            (1, "ah_key_out"),
+            (1, "ah_spi_in"),
+            (1, "ah_key_in")
+        ]
+    );
 }
 
 #[test]
 fn keys_for_unused_protocols_are_errors() {
-    assert_error(&manual(&[], &["ah_key_in = 0x00"]), 11, Some("ah_key_in"), "the bundle has no ah");
-    assert_error(&manual(&[], &["ipcomp_cpi_in = 2"]), 11, Some("ipcomp_cpi_in"), "the bundle has no ipcomp");
-    assert_error(&manual(&[("esp", Some("null-sha1")), ("esp_enc_key_in", None)], &[]), 7, Some("esp_enc_key_out"), "null cipher takes no key");
-    assert_error(&manual(&[("esp", Some("aes128-none")), ("esp_auth_key_in", None)], &[]), 9, Some("esp_auth_key_out"), "has no integrity algorithm");
-    let no_esp = "[t]\nlocal = 192.0.2.1\nremote = 192.0.2.2\nipcomp = deflate\nesp_spi_out = 0x1001\n";
+    assert_error(
+        &manual(&[], &["ah_key_in = 0x00"]),
+        11,
+        Some("ah_key_in"),
+        "the bundle has no ah",
+    );
+    assert_error(
+        &manual(&[], &["ipcomp_cpi_in = 2"]),
+        11,
+        Some("ipcomp_cpi_in"),
+        "the bundle has no ipcomp",
+    );
+    assert_error(
+        &manual(&[("esp", Some("null-sha1")), ("esp_enc_key_in", None)], &[]),
+        7,
+        Some("esp_enc_key_out"),
+        "null cipher takes no key",
+    );
+    assert_error(
+        &manual(
+            &[("esp", Some("aes128-none")), ("esp_auth_key_in", None)],
+            &[],
+        ),
+        9,
+        Some("esp_auth_key_out"),
+        "has no integrity algorithm",
+    );
+    let no_esp =
+        "[t]\nlocal = 192.0.2.1\nremote = 192.0.2.2\nipcomp = deflate\nesp_spi_out = 0x1001\n";
     assert_error(no_esp, 5, Some("esp_spi_out"), "the bundle has no esp");
 }
 
 #[test]
 fn key_material_errors() {
-    assert_error(&manual(&[("esp_enc_key_in", Some("0x0011"))], &[]), 8, Some("esp_enc_key_in"), "AES-128 needs a 16-byte key, got 2 bytes");
-    assert_error(&manual(&[("esp_auth_key_in", Some(&format!("0x{K16_A}")))], &[]), 10, Some("esp_auth_key_in"), "HMAC-SHA1 needs a 20-byte key, got 16 bytes");
-    assert_error(&manual(&[("esp_enc_key_in", Some(K16_A))], &[]), 8, Some("esp_enc_key_in"), "starting with 0x");
-    assert_error(&manual(&[("esp_enc_key_in", Some("0x123"))], &[]), 8, Some("esp_enc_key_in"), "odd number of hex digits");
-    assert_error(&manual(&[("esp_enc_key_in", Some("0x12 34"))], &[]), 8, Some("esp_enc_key_in"), "not a hex digit");
-    let des = |key: &str| manual(&[("esp", Some("des-sha1")), ("esp_enc_key_out", Some(key)), ("esp_enc_key_in", Some("0x0123456789abcdef"))], &[]);
-    assert_error(&des("0x0101010101010101"), 7, Some("esp_enc_key_out"), "weak DES key refused");
-    assert_error(&des("0x01fe01fe01fe01fe"), 7, Some("esp_enc_key_out"), "weak DES key refused");
-    assert_error(&des("0x0000000000000000"), 7, Some("esp_enc_key_out"), "weak DES key refused");
+    assert_error(
+        &manual(&[("esp_enc_key_in", Some("0x0011"))], &[]),
+        8,
+        Some("esp_enc_key_in"),
+        "AES-128 needs a 16-byte key, got 2 bytes",
+    );
+    assert_error(
+        &manual(&[("esp_auth_key_in", Some(&format!("0x{K16_A}")))], &[]),
+        10,
+        Some("esp_auth_key_in"),
+        "HMAC-SHA1 needs a 20-byte key, got 16 bytes",
+    );
+    assert_error(
+        &manual(&[("esp_enc_key_in", Some(K16_A))], &[]),
+        8,
+        Some("esp_enc_key_in"),
+        "starting with 0x",
+    );
+    assert_error(
+        &manual(&[("esp_enc_key_in", Some("0x123"))], &[]),
+        8,
+        Some("esp_enc_key_in"),
+        "odd number of hex digits",
+    );
+    assert_error(
+        &manual(&[("esp_enc_key_in", Some("0x12 34"))], &[]),
+        8,
+        Some("esp_enc_key_in"),
+        "not a hex digit",
+    );
+    let des = |key: &str| {
+        manual(
+            &[
+                ("esp", Some("des-sha1")),
+                ("esp_enc_key_out", Some(key)),
+                ("esp_enc_key_in", Some("0x0123456789abcdef")),
+            ],
+            &[],
+        )
+    };
+    assert_error(
+        &des("0x0101010101010101"),
+        7,
+        Some("esp_enc_key_out"),
+        "weak DES key refused",
+    );
+    assert_error(
+        &des("0x01fe01fe01fe01fe"),
+        7,
+        Some("esp_enc_key_out"),
+        "weak DES key refused",
+    );
+    assert_error(
+        &des("0x0000000000000000"),
+        7,
+        Some("esp_enc_key_out"),
+        "weak DES key refused",
+    );
     let k1 = "0123456789abcdef";
     let k2 = "fedcba9876543210";
-    let tdes = |key: String| manual(&[("esp", Some("3des-sha1")), ("esp_enc_key_out", Some(&key)), ("esp_enc_key_in", Some(&format!("0x{k1}{k2}{k1}")))], &[]);
-    assert_error(&tdes(format!("0x{k1}{k1}{k2}")), 7, Some("esp_enc_key_out"), "weak 3DES key refused");
-    assert_error(&tdes(format!("0x{k1}{k2}{k2}")), 7, Some("esp_enc_key_out"), "weak 3DES key refused");
+    let tdes = |key: String| {
+        manual(
+            &[
+                ("esp", Some("3des-sha1")),
+                ("esp_enc_key_out", Some(&key)),
+                ("esp_enc_key_in", Some(&format!("0x{k1}{k2}{k1}"))),
+            ],
+            &[],
+        )
+    };
+    assert_error(
+        &tdes(format!("0x{k1}{k1}{k2}")),
+        7,
+        Some("esp_enc_key_out"),
+        "weak 3DES key refused",
+    );
+    assert_error(
+        &tdes(format!("0x{k1}{k2}{k2}")),
+        7,
+        Some("esp_enc_key_out"),
+        "weak 3DES key refused",
+    );
     // K1 = K3 is two-key 3DES, which RFC 2451 does not forbid.
     let config = parse(&tdes(format!("0x{k2}{k1}{k2}")), "ipsec.cfg");
     assert!(config.errors.is_empty(), "{:#?}", config.errors);
@@ -493,11 +958,36 @@ fn key_material_errors() {
 
 #[test]
 fn spi_and_cpi_errors() {
-    assert_error(&manual(&[("esp_spi_out", Some("0"))], &[]), 5, Some("esp_spi_out"), "SPI 0 is reserved");
-    assert_error(&manual(&[("esp_spi_out", Some("255"))], &[]), 5, Some("esp_spi_out"), "1-255");
-    assert_error(&manual(&[("esp_spi_in", Some("0x1_0000_0000"))], &[]), 6, Some("esp_spi_in"), "not a number");
-    assert_error(&manual(&[("esp_spi_in", Some("4294967296"))], &[]), 6, Some("esp_spi_in"), "out of range");
-    assert_error(&manual(&[], &["ipcomp = deflate", "ipcomp_cpi_out = 0"]), 12, Some("ipcomp_cpi_out"), "out of range 1-65535");
+    assert_error(
+        &manual(&[("esp_spi_out", Some("0"))], &[]),
+        5,
+        Some("esp_spi_out"),
+        "SPI 0 is reserved",
+    );
+    assert_error(
+        &manual(&[("esp_spi_out", Some("255"))], &[]),
+        5,
+        Some("esp_spi_out"),
+        "1-255",
+    );
+    assert_error(
+        &manual(&[("esp_spi_in", Some("0x1_0000_0000"))], &[]),
+        6,
+        Some("esp_spi_in"),
+        "not a number",
+    );
+    assert_error(
+        &manual(&[("esp_spi_in", Some("4294967296"))], &[]),
+        6,
+        Some("esp_spi_in"),
+        "out of range",
+    );
+    assert_error(
+        &manual(&[], &["ipcomp = deflate", "ipcomp_cpi_out = 0"]),
+        12,
+        Some("ipcomp_cpi_out"),
+        "out of range 1-65535",
+    );
     let config = parse(&manual(&[("esp_spi_out", Some("256"))], &[]), "ipsec.cfg");
     assert!(config.errors.is_empty(), "{:#?}", config.errors);
 }
@@ -509,34 +999,101 @@ fn manual_spi_clashes_between_bundles() {
     let second = manual(&[("remote", Some("192.0.2.3"))], &[]).replace("[t]", "[second]");
     let config = parse(&format!("{first}{second}"), "ipsec.cfg");
     assert_eq!(config.bundles.len(), 1);
-    assert_eq!(errors(&config), [(16, Some("esp_spi_in"), "SPI 0x1002 is already used by bundle [first] (line 1) towards the same address")]);
+    assert_eq!(
+        errors(&config),
+        [(
+            16,
+            Some("esp_spi_in"),
+            "SPI 0x1002 is already used by bundle [first] (line 1) towards the same address"
+        )]
+    );
 
     // Same peer, same outbound SPI.
     let second = manual(&[("esp_spi_in", Some("0x1003"))], &[]).replace("[t]", "[second]");
     let config = parse(&format!("{first}{second}"), "ipsec.cfg");
-    assert_eq!(errors(&config), [(15, Some("esp_spi_out"), "SPI 0x1001 is already used by bundle [first] (line 1) towards the same address")]);
+    assert_eq!(
+        errors(&config),
+        [(
+            15,
+            Some("esp_spi_out"),
+            "SPI 0x1001 is already used by bundle [first] (line 1) towards the same address"
+        )]
+    );
 
     // Different addresses on both sides, or AH next to ESP with the same SPI: no clash.
-    let second = manual(&[("local", Some("192.0.2.5")), ("remote", Some("192.0.2.6"))], &[]).replace("[t]", "[second]");
-    assert!(parse(&format!("{first}{second}"), "ipsec.cfg").errors.is_empty());
+    let second = manual(
+        &[("local", Some("192.0.2.5")), ("remote", Some("192.0.2.6"))],
+        &[],
+    )
+    .replace("[t]", "[second]");
+    assert!(parse(&format!("{first}{second}"), "ipsec.cfg")
+        .errors
+        .is_empty());
     let ah_only = format!(
         "[ah]\nlocal = 192.0.2.1\nremote = 192.0.2.2\nah = sha1\nah_spi_out = 0x1001\nah_spi_in = 0x1002\nah_key_out = 0x{K20_A}\nah_key_in = 0x{K20_B}\n"
     );
-    assert!(parse(&format!("{first}{ah_only}"), "ipsec.cfg").errors.is_empty());
+    assert!(parse(&format!("{first}{ah_only}"), "ipsec.cfg")
+        .errors
+        .is_empty());
 }
 
 #[test]
 fn ike_errors() {
-    assert_error(&ike(&[], &["ike = aes192-sha1-modp2048"]), 6, Some("ike"), "unknown IKE cipher 'aes192'");
-    assert_error(&ike(&[], &["ike = aes128-sha1-modp2048,"]), 6, Some("ike"), "empty item");
+    assert_error(
+        &ike(&[], &["ike = aes192-sha1-modp2048"]),
+        6,
+        Some("ike"),
+        "unknown IKE cipher 'aes192'",
+    );
+    assert_error(
+        &ike(&[], &["ike = aes128-sha1-modp2048,"]),
+        6,
+        Some("ike"),
+        "empty item",
+    );
     assert_error(&ike(&[], &["pfs = maybe"]), 6, Some("pfs"), "not yes or no");
-    assert_error(&ike(&[], &["lifetime = 2d"]), 6, Some("lifetime"), "limit of 1d");
-    assert_error(&ike(&[], &["ike_lifetime = 0"]), 6, Some("ike_lifetime"), "at once");
-    assert_error(&ike(&[], &["lifetime = 8 hours"]), 6, Some("lifetime"), "not a duration");
-    assert_error(&ike(&[], &["rekeymargin = 1y"]), 6, Some("rekeymargin"), "not a duration");
-    assert_error(&ike(&[], &["rekeyfuzz = 100"]), 6, Some("rekeyfuzz"), "not a percentage");
-    assert_error(&ike(&[], &["keyingtries = forever"]), 6, Some("keyingtries"), "not a number");
-    assert_error(&ike(&[], &["keyingtries = 4294967296"]), 6, Some("keyingtries"), "out of range");
+    assert_error(
+        &ike(&[], &["lifetime = 2d"]),
+        6,
+        Some("lifetime"),
+        "limit of 1d",
+    );
+    assert_error(
+        &ike(&[], &["ike_lifetime = 0"]),
+        6,
+        Some("ike_lifetime"),
+        "at once",
+    );
+    assert_error(
+        &ike(&[], &["lifetime = 8 hours"]),
+        6,
+        Some("lifetime"),
+        "not a duration",
+    );
+    assert_error(
+        &ike(&[], &["rekeymargin = 1y"]),
+        6,
+        Some("rekeymargin"),
+        "not a duration",
+    );
+    assert_error(
+        &ike(&[], &["rekeyfuzz = 100"]),
+        6,
+        Some("rekeyfuzz"),
+        "not a percentage",
+    );
+    assert_error(
+        &ike(&[], &["keyingtries = forever"]),
+        6,
+        Some("keyingtries"),
+        "not a number",
+    );
+    assert_error(
+        &ike(&[], &["keyingtries = 4294967296"]),
+        6,
+        Some("keyingtries"),
+        "out of range",
+    );
 }
 
 #[test]
@@ -551,7 +1108,11 @@ fn lifetimes_must_outlast_the_rekey_margin() {
     // The defaults' lifetimes with a margin written by the administrator: blame the margin,
     // once for each lifetime it no longer fits.
     let config = parse(&ike(&[], &["rekeymargin = 5h"]), "ipsec.cfg");
-    let got: Vec<(u32, Option<&str>)> = config.errors.iter().map(|d| (d.line, d.key.as_deref())).collect();
+    let got: Vec<(u32, Option<&str>)> = config
+        .errors
+        .iter()
+        .map(|d| (d.line, d.key.as_deref()))
+        .collect();
     assert_eq!(got, [(6, Some("rekeymargin")), (6, Some("rekeymargin"))]);
     let config = parse(&ike(&[], &["ike_lifetime = 1081s"]), "ipsec.cfg");
     assert!(config.errors.is_empty(), "{:#?}", config.errors);
@@ -565,12 +1126,34 @@ fn line_and_file_size_limits() {
     assert_error(&big, 0, None, "larger than 1048576 bytes");
 }
 
+#[test]
+fn a_flood_of_errors_is_listed_up_to_the_cap_and_good_bundles_still_load() {
+    let mut text: String = (0..2000).map(|i| format!("[empty {i}]\n")).collect();
+    text.push_str(&manual(&[], &[]));
+    let config = parse(&text, "ipsec.cfg");
+    assert_eq!(config.errors.len(), MAX_DIAGNOSTICS + 1);
+    let last = config.errors.last().unwrap();
+    assert_eq!(
+        (last.line, last.message.as_str()),
+        (0, "5000 more errors not listed")
+    );
+    assert_eq!(
+        config.bundles.len(),
+        1,
+        "the cap limits the list, not the checks"
+    );
+}
+
 // --- warnings ---
 
 fn warnings(text: &str) -> Vec<(u32, Option<String>, String)> {
     let config = parse(text, "ipsec.cfg");
     assert!(config.errors.is_empty(), "{text}\n{:#?}", config.errors);
-    config.warnings.into_iter().map(|d| (d.line, d.key, d.message)).collect()
+    config
+        .warnings
+        .into_iter()
+        .map(|d| (d.line, d.key, d.message))
+        .collect()
 }
 
 #[test]
@@ -578,7 +1161,9 @@ fn weak_algorithms_warn_but_load() {
     let w = warnings(&ike(&[("esp", Some("des-md5"))], &[]));
     assert_eq!(w.len(), 2);
     assert!(w[0].2.contains("DES is broken") && w[1].2.contains("HMAC-MD5"));
-    assert!(w.iter().all(|(line, key, _)| *line == 4 && key.as_deref() == Some("esp")));
+    assert!(w
+        .iter()
+        .all(|(line, key, _)| *line == 4 && key.as_deref() == Some("esp")));
     let w = warnings(&ike(&[("esp", Some("null-sha1"))], &[]));
     assert!(w[0].2.contains("null cipher"));
     let w = warnings(&ike(&[("esp", Some("aes128-none"))], &[]));
@@ -587,11 +1172,20 @@ fn weak_algorithms_warn_but_load() {
     assert!(warnings(&ike(&[("esp", Some("aes128-none"))], &["ah = sha1"])).is_empty());
     let w = warnings(&ike(&[], &["ah = md5"]));
     assert_eq!((w[0].0, w[0].1.as_deref()), (6, Some("ah")));
-    let w = warnings(&ike(&[], &["ike = aes128-md5-modp1024, aes128-sha1-modp2048, 3des-sha1-modp1024"]));
+    let w = warnings(&ike(
+        &[],
+        &["ike = aes128-md5-modp1024, aes128-sha1-modp2048, 3des-sha1-modp1024"],
+    ));
     assert_eq!(w.len(), 2);
-    assert_eq!(w[0].2, "proposal aes128-md5-modp1024 uses MD5 and modp1024 (group 2), deprecated by RFC 8247");
+    assert_eq!(
+        w[0].2,
+        "proposal aes128-md5-modp1024 uses MD5 and modp1024 (group 2), deprecated by RFC 8247"
+    );
     assert!(w[1].2.contains("3des-sha1-modp1024 uses modp1024"));
-    assert!(warnings(&ike(&[], &[])).is_empty(), "the default proposal list does not warn");
+    assert!(
+        warnings(&ike(&[], &[])).is_empty(),
+        "the default proposal list does not warn"
+    );
 }
 
 #[test]
@@ -599,7 +1193,9 @@ fn a_bundle_with_a_warning_and_an_error_reports_both() {
     let config = parse(&manual(&[("esp", Some("aes128-md5"))], &[]), "ipsec.cfg");
     assert_eq!(config.warnings.len(), 1);
     assert_eq!(errors(&config)[0].1, Some("esp_auth_key_out"));
-    assert!(errors(&config)[0].2.contains("HMAC-MD5 needs a 16-byte key, got 20 bytes"));
+    assert!(errors(&config)[0]
+        .2
+        .contains("HMAC-MD5 needs a 16-byte key, got 20 bytes"));
 }
 
 // --- parse_sa_keys ---
@@ -617,12 +1213,29 @@ fn sa_keys_for_gcm() {
     let keys = parse_sa_keys(&text, "daemon", gcm128(), None, false).unwrap();
     let mut out = bytes(K16_A);
     out.extend([1, 2, 3, 4]);
-    assert_eq!(keys.outbound.esp, Some(EspKeys { spi: 0x1000, enc_key: out, auth_key: Vec::new() }));
-    assert_eq!(keys.inbound.esp.as_ref().map(|k| (k.spi, k.enc_key.len())), Some((0x1001, 20)));
+    assert_eq!(
+        keys.outbound.esp,
+        Some(EspKeys {
+            spi: 0x1000,
+            enc_key: out,
+            auth_key: Vec::new()
+        })
+    );
+    assert_eq!(
+        keys.inbound.esp.as_ref().map(|k| (k.spi, k.enc_key.len())),
+        Some((0x1001, 20))
+    );
     assert_eq!((&keys.outbound.ah, keys.outbound.ipcomp_cpi), (&None, None));
 
     let text = format!("esp_spi_out = 0x1000\nesp_spi_in = 0x1001\nesp_enc_key_out = 0x{K32_A}\nesp_enc_key_in = 0x{K32_B}_00000000\n");
-    let errs = parse_sa_keys(&text, "daemon", Some(EspTransform::Aead(AeadAlg::AesGcm16_256)), None, false).unwrap_err();
+    let errs = parse_sa_keys(
+        &text,
+        "daemon",
+        Some(EspTransform::Aead(AeadAlg::AesGcm16_256)),
+        None,
+        false,
+    )
+    .unwrap_err();
     assert_eq!(errs.len(), 1);
     assert_eq!(
         errs[0].to_string(),
@@ -634,23 +1247,53 @@ fn sa_keys_for_gcm() {
 fn sa_keys_with_ah_and_ipcomp() {
     let text = format!("ah_spi_out = 4096\nah_spi_in = 4097\nah_key_out = 0x{K32_A}\nah_key_in = 0x{K32_B}\nipcomp_cpi_in = 0x1234\n");
     let keys = parse_sa_keys(&text, "k", None, Some(IntegAlg::HmacSha256_128), true).unwrap();
-    assert_eq!(keys.inbound.ah, Some(AhKeys { spi: 4097, key: bytes(K32_B) }));
-    assert_eq!((keys.outbound.ipcomp_cpi, keys.inbound.ipcomp_cpi), (Some(2), Some(0x1234)));
+    assert_eq!(
+        keys.inbound.ah,
+        Some(AhKeys {
+            spi: 4097,
+            key: bytes(K32_B)
+        })
+    );
+    assert_eq!(
+        (keys.outbound.ipcomp_cpi, keys.inbound.ipcomp_cpi),
+        (Some(2), Some(0x1234))
+    );
 }
 
 #[test]
 fn sa_keys_errors() {
     let e = parse_sa_keys("[x]\nesp_spi_out = 0x1000\n", "k", None, None, false).unwrap_err();
-    assert_eq!((e[0].line, e[0].message.as_str()), (1, "a key text has no [section] headers"));
+    assert_eq!(
+        (e[0].line, e[0].message.as_str()),
+        (1, "a key text has no [section] headers")
+    );
     let e = parse_sa_keys("local = 192.0.2.1\n", "k", None, None, false).unwrap_err();
     assert_eq!((e[0].line, e[0].key.as_deref()), (1, Some("local")));
     let e = parse_sa_keys("esp_spi_out = 0x1000\n", "k", gcm128(), None, false).unwrap_err();
-    let missing: Vec<_> = e.iter().map(|d| (d.line, d.key.as_deref().unwrap_or(""))).collect();
-    assert_eq!(missing, [(0, "esp_enc_key_out"), (0, "esp_spi_in"), (0, "esp_enc_key_in")]);
-    assert_eq!(e[0].to_string(), "k: esp_enc_key_out: missing, required by esp = aes128gcm16");
+    let missing: Vec<_> = e
+        .iter()
+        .map(|d| (d.line, d.key.as_deref().unwrap_or("")))
+        .collect();
+    assert_eq!(
+        missing,
+        [
+            (0, "esp_enc_key_out"),
+            (0, "esp_spi_in"),
+            (0, "esp_enc_key_in")
+        ]
+    );
+    assert_eq!(
+        e[0].to_string(),
+        "k: esp_enc_key_out: missing, required by esp = aes128gcm16"
+    );
     let e = parse_sa_keys("ah_spi_in = 0x1000\n", "k", gcm128(), None, false).unwrap_err();
-    assert!(e.iter().any(|d| d.key.as_deref() == Some("ah_spi_in") && d.message.contains("no ah")));
-    assert_eq!(parse_sa_keys("; nothing\n", "k", None, None, false), Ok(SaKeys::default()));
+    assert!(e
+        .iter()
+        .any(|d| d.key.as_deref() == Some("ah_spi_in") && d.message.contains("no ah")));
+    assert_eq!(
+        parse_sa_keys("; nothing\n", "k", None, None, false),
+        Ok(SaKeys::default())
+    );
 }
 
 // --- load ---
@@ -674,7 +1317,10 @@ fn load_reads_a_file_and_names_it_in_diagnostics() {
     let config = load(&path).unwrap();
     assert_eq!(config.errors.len(), 1);
     assert_eq!(config.errors[0].file, path.display().to_string());
-    assert_eq!((config.errors[0].line, config.errors[0].message.as_str()), (11, "line is not valid UTF-8"));
+    assert_eq!(
+        (config.errors[0].line, config.errors[0].message.as_str()),
+        (11, "line is not valid UTF-8")
+    );
     assert!(config.bundles.is_empty(), "the line belongs to bundle [t]");
     std::fs::remove_file(&path).unwrap();
 
@@ -706,7 +1352,13 @@ fn no_panic_on_every_truncation_of_the_samples() {
         let bytes = sample.as_bytes();
         for len in 0..=bytes.len() {
             let _ = parse_bytes(&bytes[..len], "t");
-            let _ = parse_sa_keys(std::str::from_utf8(&bytes[..len]).unwrap(), "t", gcm128(), Some(IntegAlg::HmacMd5_96), true);
+            let _ = parse_sa_keys(
+                std::str::from_utf8(&bytes[..len]).unwrap(),
+                "t",
+                gcm128(),
+                Some(IntegAlg::HmacMd5_96),
+                true,
+            );
         }
     }
 }
@@ -725,7 +1377,13 @@ fn no_panic_on_random_bytes_and_mutations() {
             })
             .collect();
         let _ = parse_bytes(&noise, "t");
-        let _ = parse_sa_keys(&String::from_utf8_lossy(&noise), "t", gcm128(), Some(IntegAlg::HmacSha1_96), true);
+        let _ = parse_sa_keys(
+            &String::from_utf8_lossy(&noise),
+            "t",
+            gcm128(),
+            Some(IntegAlg::HmacSha1_96),
+            true,
+        );
     }
     for sample in [TRANSPORT_SAMPLE, TUNNEL_SAMPLE] {
         for _ in 0..2000 {
@@ -743,4 +1401,57 @@ fn no_panic_on_random_bytes_and_mutations() {
             let _ = parse_bytes(&bytes, "t");
         }
     }
+}
+
+// --- the reference's examples stay valid ---
+
+const REFERENCE: &str = include_str!("../../../docs/ipsec-cfg.md");
+
+/// The fenced blocks of the reference with this info string.
+fn fenced_blocks(info: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in REFERENCE.lines() {
+        let fence = line.trim_start().strip_prefix("```");
+        match (&mut current, fence) {
+            (None, Some(lang)) if lang == info => current = Some(String::new()),
+            (Some(block), Some("")) => {
+                blocks.push(std::mem::take(block));
+                current = None;
+            }
+            (Some(block), _) => {
+                block.push_str(line);
+                block.push('\n');
+            }
+            _ => {}
+        }
+    }
+    blocks
+}
+
+#[test]
+fn reference_examples_parse_without_errors_or_warnings() {
+    let examples = fenced_blocks("ini");
+    assert!(examples.len() >= 7, "found {} ini blocks", examples.len());
+    for text in &examples {
+        let config = parse(text, "docs/ipsec-cfg.md");
+        assert!(config.errors.is_empty(), "{text}\n{:#?}", config.errors);
+        assert!(config.warnings.is_empty(), "{text}\n{:#?}", config.warnings);
+        let sections = text.lines().filter(|l| l.starts_with('[')).count();
+        assert_eq!(config.bundles.len(), sections, "{text}");
+    }
+}
+
+#[test]
+fn reference_key_text_example_installs() {
+    let blocks = fenced_blocks("text");
+    let key_text = blocks
+        .iter()
+        .find(|b| b.starts_with("; keys for"))
+        .expect("key text example");
+    let keys = parse_sa_keys(key_text, "docs", gcm128(), None, false).unwrap();
+    assert_eq!(
+        keys.inbound.esp.map(|k| (k.spi, k.enc_key.len())),
+        Some((0x1000, 20))
+    );
 }

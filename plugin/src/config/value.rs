@@ -53,7 +53,10 @@ pub(super) fn number(s: &str) -> Parsed<u64> {
         None => (s, 10),
     };
     if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
-        return Err(format!("{} is not a number (decimal, or hex starting with 0x)", shown(s)));
+        return Err(format!(
+            "{} is not a number (decimal, or hex starting with 0x)",
+            shown(s)
+        ));
     }
     u64::from_str_radix(digits, radix).map_err(|_| format!("{} is too large", shown(s)))
 }
@@ -83,14 +86,22 @@ pub(super) fn hex_key(s: &str) -> Parsed<Vec<u8>> {
         return Err("the key has no hex digits after 0x".to_owned());
     }
     if digits.len() % 2 != 0 {
-        return Err(format!("odd number of hex digits ({}): a key is whole bytes", digits.len()));
+        return Err(format!(
+            "odd number of hex digits ({}): a key is whole bytes",
+            digits.len()
+        ));
     }
     Ok(digits.chunks_exact(2).map(|p| p[0] << 4 | p[1]).collect())
 }
 
 /// A duration in seconds: a decimal number with an optional unit `s`, `m`, `h` or `d`.
 pub(super) fn duration(s: &str) -> Parsed<u64> {
-    let bad = || format!("{} is not a duration (like 3600, 3600s, 60m, 8h, 1d)", shown(s));
+    let bad = || {
+        format!(
+            "{} is not a duration (like 3600, 3600s, 60m, 8h, 1d)",
+            shown(s)
+        )
+    };
     let (digits, unit_secs) = match s.char_indices().last() {
         Some((i, c)) if c.is_ascii_alphabetic() => {
             let unit = match c.to_ascii_lowercase() {
@@ -122,7 +133,9 @@ pub(super) fn percent(s: &str) -> Parsed<u32> {
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return Err(format!("{} is not a percentage (like 100%)", shown(s)));
     }
-    digits.parse::<u32>().map_err(|_| format!("{} is too large", shown(s)))
+    digits
+        .parse::<u32>()
+        .map_err(|_| format!("{} is too large", shown(s)))
 }
 
 pub(super) fn yes_no(s: &str) -> Parsed<bool> {
@@ -155,16 +168,26 @@ mod tests {
         assert_eq!(number("0x1000"), Ok(0x1000));
         assert_eq!(number("0XfF"), Ok(255));
         assert_eq!(number("18446744073709551615"), Ok(u64::MAX));
-        for bad in ["", "0x", "-1", "+1", "1.5", "12a", "0x1g", "1_000", " 1", "é"] {
+        for bad in [
+            "", "0x", "-1", "+1", "1.5", "12a", "0x1g", "1_000", " 1", "é",
+        ] {
             assert!(number(bad).is_err(), "{bad:?}");
         }
-        assert!(number("18446744073709551616").unwrap_err().contains("too large"));
-        assert_eq!(number_in("4097", 0, 4096), Err("4097 is out of range 0-4096".to_owned()));
+        assert!(number("18446744073709551616")
+            .unwrap_err()
+            .contains("too large"));
+        assert_eq!(
+            number_in("4097", 0, 4096),
+            Err("4097 is out of range 0-4096".to_owned())
+        );
     }
 
     #[test]
     fn hex_keys_with_separators() {
-        assert_eq!(hex_key("0x0123_4567_89ab_CDEF"), Ok(vec![0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef]));
+        assert_eq!(
+            hex_key("0x0123_4567_89ab_CDEF"),
+            Ok(vec![0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef])
+        );
         assert_eq!(hex_key("0X_ff_"), Ok(vec![0xff]));
         assert!(hex_key("0x").unwrap_err().contains("no hex digits"));
         assert!(hex_key("0x___").unwrap_err().contains("no hex digits"));
@@ -186,7 +209,9 @@ mod tests {
         for bad in ["", "h", "8x", "8 h", "-1h", "1.5h", "8hh", "éh"] {
             assert!(duration(bad).is_err(), "{bad:?}");
         }
-        assert!(duration("18446744073709551615d").unwrap_err().contains("too long"));
+        assert!(duration("18446744073709551615d")
+            .unwrap_err()
+            .contains("too long"));
         assert_eq!(show_secs(28_800), "8h");
         assert_eq!(show_secs(540), "9m");
         assert_eq!(show_secs(3601), "3601s");
