@@ -151,6 +151,107 @@ fn is_ike(pkt: &PacketBuf<'_>) -> bool {
 /// Offers the packet to every bundle in file order; each one whose selectors match the
 /// packet as it is at that point transforms it.
 pub fn outbound(spd: &Spd, ctx: &Context, pkt: &mut PacketBuf<'_>) -> Verdict {
+    outbound_one(spd, ctx, pkt, None)
+}
+
+/// The largest batch `outbound_batch` works on at once; longer slices go in chunks.
+pub const MAX_BATCH: usize = 32;
+
+/// `outbound` for several packets: the same decisions packet by packet, but the final ESP
+/// encryption of each packet is put off to the end, where packets of one SA are encrypted
+/// together (interleaved CBC chains, see `EspCrypto::seal_many`).
+pub fn outbound_batch(spd: &Spd, ctx: &Context, pkts: &mut [PacketBuf<'_>], verdicts: &mut [Verdict]) {
+    for (pkts, verdicts) in pkts.chunks_mut(MAX_BATCH).zip(verdicts.chunks_mut(MAX_BATCH)) {
+        let mut deferred = Deferred { items: [None; MAX_BATCH] };
+        for (i, (pkt, verdict)) in pkts.iter_mut().zip(verdicts.iter_mut()).enumerate() {
+            *verdict = outbound_one(spd, ctx, pkt, Some((&mut deferred, i)));
+        }
+        deferred.seal_all(ctx, pkts, verdicts);
+    }
+}
+
+/// An ESP packet whose encryption was put off: where it lies in its host buffer.
+#[derive(Clone, Copy)]
+struct DeferredSeal<'s> {
+    sa: &'s Sa,
+    start: usize,
+    len: usize,
+    seq: u32,
+}
+
+/// At most one deferred seal per packet of a batch: any later transform of the same packet
+/// needs its ciphertext, so it seals first (`seal_now`).
+struct Deferred<'s> {
+    items: [Option<DeferredSeal<'s>>; MAX_BATCH],
+}
+
+fn seal_error(_: crate::crypto::CryptoError) -> DropReason {
+    // Our own layout always fits; this is a defect, reported as a drop rather than a panic.
+    DropReason::NoRoom
+}
+
+impl<'s> Deferred<'s> {
+    fn seal_now(&mut self, index: usize, pkt: &mut PacketBuf<'_>) -> Result<(), DropReason> {
+        match self.items[index].take() {
+            Some(d) => seal_region(&d, pkt.buf),
+            None => Ok(()),
+        }
+    }
+
+    /// Seals what is left, SA by SA, up to `crypto::LANES` packets at a time.
+    fn seal_all(&mut self, ctx: &Context, pkts: &mut [PacketBuf<'_>], verdicts: &mut [Verdict]) {
+        for first in 0..self.items.len() {
+            let Some(lead) = self.items[first] else { continue };
+            let SaTransform::Esp(crypto) = &lead.sa.transform else { continue };
+            let mut regions: [&mut [u8]; crate::crypto::LANES] = Default::default();
+            let mut counters = [0u64; crate::crypto::LANES];
+            let mut members = [0usize; crate::crypto::LANES];
+            let mut results = [Ok(()); crate::crypto::LANES];
+            let mut n = 0;
+            let same_sa = |d: &Option<DeferredSeal<'_>>| d.is_some_and(|d| std::ptr::eq(d.sa, lead.sa));
+            for (i, pkt) in pkts.iter_mut().enumerate().skip(first) {
+                if !same_sa(&self.items[i]) {
+                    continue;
+                }
+                let Some(d) = self.items[i].take() else { continue };
+                if verdicts[i] == Verdict::Drop {
+                    continue;
+                }
+                regions[n] = &mut pkt.buf[d.start..d.start + d.len];
+                counters[n] = u64::from(d.seq);
+                members[n] = i;
+                n += 1;
+                if n == crate::crypto::LANES {
+                    crypto.seal_many(&mut regions[..n], &counters[..n], &mut results[..n]);
+                    report_seal_errors(ctx, lead.sa, &results[..n], &members[..n], verdicts);
+                    regions = Default::default();
+                    n = 0;
+                }
+            }
+            if n > 0 {
+                crypto.seal_many(&mut regions[..n], &counters[..n], &mut results[..n]);
+                report_seal_errors(ctx, lead.sa, &results[..n], &members[..n], verdicts);
+            }
+        }
+    }
+}
+
+fn report_seal_errors(ctx: &Context, sa: &Sa, results: &[Result<(), crate::crypto::CryptoError>], members: &[usize], verdicts: &mut [Verdict]) {
+    for (result, &i) in results.iter().zip(members) {
+        if let Err(e) = result {
+            verdicts[i] = ctx.drop_packet(seal_error(*e), None, Some(sa), format_args!("ESP seal failed"));
+        }
+    }
+}
+
+fn seal_region(d: &DeferredSeal<'_>, buf: &mut [u8]) -> Result<(), DropReason> {
+    let SaTransform::Esp(crypto) = &d.sa.transform else { return Ok(()) };
+    crypto.seal(&mut buf[d.start..d.start + d.len], u64::from(d.seq)).map_err(seal_error)
+}
+
+type DeferSlot<'a, 's> = Option<(&'a mut Deferred<'s>, usize)>;
+
+fn outbound_one<'s>(spd: &'s Spd, ctx: &Context, pkt: &mut PacketBuf<'_>, mut defer: DeferSlot<'_, 's>) -> Verdict {
     if let Err(reason) = pkt.check_ipv4() {
         return ctx.drop_packet(reason, None, None, format_args!("outbound packet is not IPv4"));
     }
@@ -185,7 +286,7 @@ pub fn outbound(spd: &Spd, ctx: &Context, pkt: &mut PacketBuf<'_>) -> Verdict {
                 format_args!("{} -> {}: bundle has no SAs yet", flow.src, flow.dst),
             );
         };
-        if let Err((reason, sa)) = apply_bundle(b, sas, ctx, pkt) {
+        if let Err((reason, sa)) = apply_bundle(b, sas, ctx, pkt, &mut defer) {
             return ctx.drop_packet(reason, Some(b), sa, format_args!("outbound {} -> {}", flow.src, flow.dst));
         }
         transformed = true;
@@ -197,20 +298,42 @@ pub fn outbound(spd: &Spd, ctx: &Context, pkt: &mut PacketBuf<'_>) -> Verdict {
     }
 }
 
+fn seal_pending(defer: &mut DeferSlot<'_, '_>, pkt: &mut PacketBuf<'_>) -> Result<(), DropReason> {
+    match defer {
+        Some((d, i)) => d.seal_now(*i, pkt),
+        None => Ok(()),
+    }
+}
+
 type SaResult<'a> = Result<(), (DropReason, Option<&'a Sa>)>;
 
-fn apply_bundle<'a>(b: &BundlePolicy, sas: &'a SaSet, ctx: &Context, pkt: &mut PacketBuf<'_>) -> SaResult<'a> {
+fn apply_bundle<'s>(
+    b: &BundlePolicy,
+    sas: &'s SaSet,
+    ctx: &Context,
+    pkt: &mut PacketBuf<'_>,
+    defer: &mut DeferSlot<'_, 's>,
+) -> SaResult<'s> {
     if b.is_tunnel() {
         let local = b.local.unwrap_or(Ipv4Addr::UNSPECIFIED);
         encapsulate(pkt, local, b.config.remote, ctx.next_ident()).map_err(|r| (r, None))?;
     }
+    // Every transform below reads the packet's bytes, so an ESP encryption of this packet
+    // put off by an earlier bundle happens first.
     if let Some(sa) = &sas.ipcomp {
+        seal_pending(defer, pkt).map_err(|r| (r, None))?;
         compress(sa, pkt).map_err(|r| (r, Some(&**sa)))?;
     }
     if let Some(sa) = &sas.esp {
-        esp_seal(sa, pkt).map_err(|r| (r, Some(&**sa)))?;
+        seal_pending(defer, pkt).map_err(|r| (r, None))?;
+        let sealed = esp_prepare(sa, pkt).map_err(|r| (r, Some(&**sa)))?;
+        match defer {
+            Some((d, i)) => d.items[*i] = Some(sealed),
+            None => seal_region(&sealed, pkt.buf).map_err(|r| (r, Some(&**sa)))?,
+        }
     }
     if let Some(sa) = &sas.ah {
+        seal_pending(defer, pkt).map_err(|r| (r, None))?;
         ah_seal(sa, pkt).map_err(|r| (r, Some(&**sa)))?;
     }
     Ok(())
@@ -267,8 +390,11 @@ fn compress(sa: &Sa, pkt: &mut PacketBuf<'_>) -> Result<(), DropReason> {
     Ok(())
 }
 
-fn esp_seal(sa: &Sa, pkt: &mut PacketBuf<'_>) -> Result<(), DropReason> {
-    let SaTransform::Esp(crypto) = &sa.transform else { return Ok(()) };
+/// Builds the ESP packet around the payload (header, padding, trailer, room for the IV and
+/// ICV) and returns where it lies; the encryption itself is `seal_region`, now or at the
+/// end of a batch.
+fn esp_prepare<'s>(sa: &'s Sa, pkt: &mut PacketBuf<'_>) -> Result<DeferredSeal<'s>, DropReason> {
+    let SaTransform::Esp(crypto) = &sa.transform else { return Err(DropReason::NoSa) };
     let t = crypto.transform();
     let (iv_len, icv_len) = (t.iv_len(), t.icv_len());
     let hl = pkt.header_len();
@@ -289,9 +415,8 @@ fn esp_seal(sa: &Sa, pkt: &mut PacketBuf<'_>) -> Result<(), DropReason> {
     repr.emit(&mut esp::Packet::new_unchecked(&mut packet[..esp::HEADER_LEN]));
     let trailer_end = packet.len() - icv_len;
     esp::Trailer { pad_len, next_header }.emit(&mut packet[..trailer_end]);
-    crypto.seal(packet, u64::from(seq)).map_err(|_| DropReason::NoRoom)?;
     pkt.finish_header(IpProtocol::Esp);
-    Ok(())
+    Ok(DeferredSeal { sa, start: pkt.offset + hl, len: pkt.len - hl, seq })
 }
 
 /// AH's ICV input for IPv4 starts with the header with its mutable fields zeroed

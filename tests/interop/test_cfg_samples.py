@@ -162,7 +162,9 @@ def test_replay_along_the_scenario(chain, host_sim, tmp_path):
 
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
 def test_host_sim_demo_delivers_everything(scenario, host_sim, tmp_path):
-    proc = subprocess.run([str(host_sim), "demo", str(SAMPLES / scenario)], capture_output=True,
+    # --log-dir keeps the machines' ipsec.log files out of the source tree.
+    proc = subprocess.run([str(host_sim), "demo", str(SAMPLES / scenario), "--log-dir", str(tmp_path)],
+                          capture_output=True,
                           text=True, errors="replace", timeout=300, cwd=tmp_path,
                           stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, f"host-sim demo {scenario}: exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"

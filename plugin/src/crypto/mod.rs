@@ -17,3 +17,4 @@ pub use esp::EspCrypto;
 pub use integrity::Integrity;
 pub use rng::fill_random;
 pub use alg::*;
+pub use cipher::LANES;
