@@ -327,6 +327,24 @@ void ipsec_plugin_free(ipsec_plugin *plugin);
 ipsec_verdict ipsec_plugin_outbound(const ipsec_plugin *plugin, ipsec_packet *packet);
 
 /**
+ * The outbound hook for `count` packets at once, e.g. what a host read from its
+ * interface in one go. Each packet gets the verdict `ipsec_plugin_outbound` would give it,
+ * in `verdicts[i]`, and is rewritten in place the same way; ESP packets of one SA are
+ * encrypted together, which makes AES-CBC several times faster. A packet with a NULL
+ * buffer or `offset + length > capacity` gets `IPSEC_VERDICT_DROP`. Returns
+ * `IPSEC_ERR_NULL` when `plugin`, or with `count > 0` `packets` or `verdicts`, is NULL.
+ * Allocates nothing.
+ *
+ * # Safety
+ * As for `ipsec_plugin_outbound`, for each of the `count` structs at `packets`; `verdicts`
+ * has room for `count` values; no two packets' buffers overlap.
+ */
+ipsec_status ipsec_plugin_outbound_batch(const ipsec_plugin *plugin,
+                                         ipsec_packet *packets,
+                                         size_t count,
+                                         ipsec_verdict *verdicts);
+
+/**
  * The inbound hook: removes the layers of a received packet and checks the result against
  * policy. Same rules as `ipsec_plugin_outbound`.
  *

@@ -455,13 +455,17 @@ unsafe fn run_hook(
             packet.offset = pkt.offset;
             packet.length = pkt.len;
         }
-        match verdict {
-            Verdict::Pass => ipsec_verdict::IPSEC_VERDICT_PASS,
-            Verdict::Transformed => ipsec_verdict::IPSEC_VERDICT_TRANSFORMED,
-            Verdict::Drop => ipsec_verdict::IPSEC_VERDICT_DROP,
-            Verdict::Held => ipsec_verdict::IPSEC_VERDICT_HELD,
-        }
+        c_verdict(verdict)
     })
+}
+
+fn c_verdict(v: Verdict) -> ipsec_verdict {
+    match v {
+        Verdict::Pass => ipsec_verdict::IPSEC_VERDICT_PASS,
+        Verdict::Transformed => ipsec_verdict::IPSEC_VERDICT_TRANSFORMED,
+        Verdict::Drop => ipsec_verdict::IPSEC_VERDICT_DROP,
+        Verdict::Held => ipsec_verdict::IPSEC_VERDICT_HELD,
+    }
 }
 
 /// The outbound hook: offers a packet the host is about to send to the bundles, in file
@@ -479,6 +483,71 @@ pub unsafe extern "C" fn ipsec_plugin_outbound(
 ) -> ipsec_verdict {
     // SAFETY: same contract as this function.
     unsafe { run_hook(plugin, packet, Plugin::outbound) }
+}
+
+/// The outbound hook for `count` packets at once, e.g. what a host read from its
+/// interface in one go. Each packet gets the verdict `ipsec_plugin_outbound` would give it,
+/// in `verdicts[i]`, and is rewritten in place the same way; ESP packets of one SA are
+/// encrypted together, which makes AES-CBC several times faster. A packet with a NULL
+/// buffer or `offset + length > capacity` gets `IPSEC_VERDICT_DROP`. Returns
+/// `IPSEC_ERR_NULL` when `plugin`, or with `count > 0` `packets` or `verdicts`, is NULL.
+/// Allocates nothing.
+///
+/// # Safety
+/// As for `ipsec_plugin_outbound`, for each of the `count` structs at `packets`; `verdicts`
+/// has room for `count` values; no two packets' buffers overlap.
+#[no_mangle]
+pub unsafe extern "C" fn ipsec_plugin_outbound_batch(
+    plugin: *const ipsec_plugin,
+    packets: *mut ipsec_packet,
+    count: usize,
+    verdicts: *mut ipsec_verdict,
+) -> ipsec_status {
+    guard_status(|| {
+        if plugin.is_null() || (count > 0 && (packets.is_null() || verdicts.is_null())) {
+            return ipsec_status::IPSEC_ERR_NULL;
+        }
+        if count == 0 {
+            return ipsec_status::IPSEC_OK;
+        }
+        // SAFETY: non-NULL; the caller passes a live handle, `count` packet structs it does
+        // not touch during the call, and room for `count` verdicts.
+        let (plugin, packets, verdicts) = unsafe {
+            (
+                &(*plugin).plugin,
+                std::slice::from_raw_parts_mut(packets, count),
+                std::slice::from_raw_parts_mut(verdicts, count),
+            )
+        };
+        const CHUNK: usize = crate::engine::MAX_BATCH;
+        for (packets, verdicts) in packets.chunks_mut(CHUNK).zip(verdicts.chunks_mut(CHUNK)) {
+            // A packet that cannot be used stays an empty buffer, which the engine drops.
+            let mut bufs: [PacketBuf<'_>; CHUNK] = std::array::from_fn(|_| PacketBuf { buf: &mut [], offset: 0, len: 0 });
+            for (packet, pkt) in packets.iter().zip(bufs.iter_mut()) {
+                let fits = packet.offset.checked_add(packet.length).is_some_and(|end| end <= packet.capacity);
+                if packet.buffer.is_null() || !fits {
+                    continue;
+                }
+                // SAFETY: non-NULL, `capacity` writable bytes no one else touches during the
+                // call, and (the caller guarantees) not overlapping another packet's buffer.
+                let buf = unsafe { std::slice::from_raw_parts_mut(packet.buffer, packet.capacity) };
+                *pkt = PacketBuf { buf, offset: packet.offset, len: packet.length };
+            }
+            let n = packets.len();
+            let mut rust_verdicts = [Verdict::Drop; CHUNK];
+            plugin.outbound_batch(&mut bufs[..n], &mut rust_verdicts[..n]);
+            for ((packet, pkt), (verdict, v)) in
+                packets.iter_mut().zip(&bufs).zip(verdicts.iter_mut().zip(rust_verdicts))
+            {
+                if v == Verdict::Transformed {
+                    packet.offset = pkt.offset;
+                    packet.length = pkt.len;
+                }
+                *verdict = c_verdict(v);
+            }
+        }
+        ipsec_status::IPSEC_OK
+    })
 }
 
 /// The inbound hook: removes the layers of a received packet and checks the result against

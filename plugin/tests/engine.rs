@@ -565,3 +565,92 @@ fn reload_keeps_sequence_numbers_of_unchanged_bundles() {
     assert!(a.log().contains("[ERR]"));
     assert_eq!(out(&a, &p).0, Verdict::Transformed);
 }
+
+/// Runs `outbound_batch` on copies of `packets`; returns verdicts and resulting bytes.
+fn out_batch(m: &Machine, packets: &[Vec<u8>], headroom: usize) -> Vec<(Verdict, Vec<u8>)> {
+    let mut bufs: Vec<Vec<u8>> = packets
+        .iter()
+        .map(|p| {
+            let mut b = vec![0u8; headroom + p.len() + 2000];
+            b[headroom..headroom + p.len()].copy_from_slice(p);
+            b
+        })
+        .collect();
+    let mut pkts: Vec<PacketBuf<'_>> =
+        bufs.iter_mut().zip(packets).map(|(b, p)| PacketBuf { buf: &mut b[..], offset: headroom, len: p.len() }).collect();
+    let mut verdicts = vec![Verdict::Pass; pkts.len()];
+    m.plugin.outbound_batch(&mut pkts, &mut verdicts);
+    pkts.iter().zip(verdicts).map(|(p, v)| (v, p.buf[p.offset..p.offset + p.len].to_vec())).collect()
+}
+
+#[test]
+fn batch_outbound_matches_single_packet_semantics() {
+    // ESP-only (the deferred, interleaved path) and ESP+AH (AH needs the ciphertext first).
+    for (name, cfg) in [("batch-esp", ESP_ONLY), ("batch-espah", ESP_AH)] {
+        let (a, b) = pair(name, cfg);
+        // 70 packets: more than one batch chunk, ragged sizes, some unprotected.
+        let packets: Vec<Vec<u8>> = (0..70)
+            .map(|i| if i % 9 == 4 { udp([192, 0, 2, 1], [192, 0, 2, 99], i) } else { udp([192, 0, 2, 1], [192, 0, 2, 2], i * 23 % 1400) })
+            .collect();
+        let results = out_batch(&a, &packets, HEAD);
+        for (i, ((v, w), p)) in results.iter().zip(&packets).enumerate() {
+            if i % 9 == 4 {
+                assert_eq!((*v, w), (Verdict::Pass, p), "{name} packet {i} passes untouched");
+                continue;
+            }
+            assert_eq!(*v, Verdict::Transformed, "{name} packet {i}");
+            assert_eq!(inp(&b, w), (Verdict::Transformed, p.clone()), "{name} packet {i}");
+        }
+        // Without headroom every protected packet is dropped, the others pass.
+        let results = out_batch(&a, &packets, 0);
+        for (i, (v, _)) in results.iter().enumerate() {
+            assert_eq!(*v, if i % 9 == 4 { Verdict::Pass } else { Verdict::Drop }, "{name} packet {i}");
+        }
+    }
+}
+
+#[test]
+fn batch_outbound_through_nested_bundles() {
+    let dir = temp_dir("batch-nested");
+    let inner = "
+[inner]
+local = 192.0.2.31
+remote = 10.2.0.5
+esp = aes128-sha256
+esp_spi_out = 0x601
+esp_spi_in  = 0x602
+esp_enc_key_out = 0x000102030405060708090a0b0c0d0e0f
+esp_enc_key_in  = 0x0f0e0d0c0b0a09080706050403020100
+esp_auth_key_out = 0x0001020304050607080900010203040506070809000102030405060708090001
+esp_auth_key_in  = 0x0908070605040302010009080706050403020100090807060504030201000908
+";
+    let outer = "
+[outer]
+local = 192.0.2.31
+remote = 192.0.2.32
+mode = tunnel
+remote_subnet = 10.2.0.0/24
+esp = aes256-sha1
+esp_spi_out = 0x701
+esp_spi_in  = 0x702
+esp_enc_key_out = 0x101112131415161718191a1b1c1d1e1f101112131415161718191a1b1c1d1e1f
+esp_enc_key_in  = 0x1f1e1d1c1b1a191817161514131211101f1e1d1c1b1a19181716151413121110
+esp_auth_key_out = 0x2122232425262728292a2b2c2d2e2f3031323334
+esp_auth_key_in  = 0x3433323130292827262524232221202f2e2d2c2b
+";
+    let h1 = machine(&dir.join("host1"), &format!("{inner}{outer}"));
+    let g = machine(&dir.join("gw"), &mirror(outer, "192.0.2.31", "192.0.2.32"));
+    let h2 = machine(&dir.join("host2"), &mirror(inner, "192.0.2.31", "10.2.0.5"));
+    let packets: Vec<Vec<u8>> = (0..20).map(|i| udp([192, 0, 2, 31], [10, 2, 0, (5 + i % 2) as u8], 40 + i * 61)).collect();
+    for (i, ((v, w), p)) in out_batch(&h1, &packets, HEAD).iter().zip(&packets).enumerate() {
+        assert_eq!(*v, Verdict::Transformed, "packet {i}");
+        let (v, fwd) = inp(&g, w);
+        assert_eq!(v, Verdict::Transformed, "packet {i} at the gateway");
+        if i % 2 == 0 {
+            assert_eq!(inp(&h2, &fwd), (Verdict::Transformed, p.clone()), "packet {i} at host2");
+        } else {
+            // 10.2.0.6 is only behind the tunnel: the gateway delivers it in clear.
+            assert_eq!(&fwd, p, "packet {i} behind the gateway");
+        }
+    }
+}

@@ -25,6 +25,7 @@ static struct {
     __typeof__(ipsec_plugin_new) *plugin_new;
     __typeof__(ipsec_plugin_free) *plugin_free;
     __typeof__(ipsec_plugin_outbound) *outbound;
+    __typeof__(ipsec_plugin_outbound_batch) *outbound_batch;
     __typeof__(ipsec_plugin_inbound) *inbound;
     __typeof__(ipsec_plugin_connect) *connect;
     __typeof__(ipsec_plugin_link_down) *link_down;
@@ -215,6 +216,38 @@ static int round_trip(const ipsec_plugin *from, const ipsec_plugin *to, const ui
     return intact;
 }
 
+/* Pushes BATCH packets out through `from` in one call (one of them unusable) and each
+   in through `to`; checks every protected one arrives intact. */
+enum { BATCH = 40 };
+static void batch_round_trip(const ipsec_plugin *from, const ipsec_plugin *to) {
+    static uint8_t bufs[BATCH][BUF_SIZE];
+    uint8_t plains[BATCH][ECHO_LEN];
+    ipsec_packet pkts[BATCH];
+    ipsec_verdict verdicts[BATCH];
+    for (int i = 0; i < BATCH; i++) {
+        build_echo(plains[i], ADDR_A, ADDR_B, 8, (uint16_t)(1000 + i));
+        memcpy(bufs[i] + HEADROOM, plains[i], ECHO_LEN);
+        pkts[i] = (ipsec_packet){bufs[i], sizeof bufs[i], HEADROOM, ECHO_LEN};
+    }
+    pkts[7].buffer = NULL; /* unusable: must be dropped alone */
+    CHECK(lib.outbound_batch(from, pkts, BATCH, verdicts) == IPSEC_OK, "batch status");
+    CHECK(lib.outbound_batch(NULL, pkts, BATCH, verdicts) == IPSEC_ERR_NULL, "batch NULL plugin");
+    CHECK(lib.outbound_batch(from, NULL, 1, verdicts) == IPSEC_ERR_NULL, "batch NULL packets");
+    CHECK(lib.outbound_batch(from, NULL, 0, NULL) == IPSEC_OK, "empty batch");
+    int intact = 0;
+    for (int i = 0; i < BATCH; i++) {
+        if (i == 7) {
+            CHECK(verdicts[i] == IPSEC_VERDICT_DROP, "NULL buffer in a batch: verdict %u", (unsigned)verdicts[i]);
+            continue;
+        }
+        CHECK(verdicts[i] == IPSEC_VERDICT_TRANSFORMED, "batch packet %d verdict %u", i, (unsigned)verdicts[i]);
+        ipsec_verdict v = lib.inbound(to, &pkts[i]);
+        intact += v == IPSEC_VERDICT_TRANSFORMED && pkts[i].length == ECHO_LEN &&
+                  memcmp(bufs[i] + pkts[i].offset, plains[i], ECHO_LEN) == 0;
+    }
+    CHECK(intact == BATCH - 1, "%d of %d batch packets intact", intact, BATCH - 1);
+}
+
 /* ---- concurrency ------------------------------------------------------------------- */
 
 enum { THREADS = 4, PACKETS_PER_THREAD = 300 };
@@ -335,6 +368,7 @@ int main(int argc, char **argv) {
     LOAD(dl, plugin_new, "ipsec_plugin_new");
     LOAD(dl, plugin_free, "ipsec_plugin_free");
     LOAD(dl, outbound, "ipsec_plugin_outbound");
+    LOAD(dl, outbound_batch, "ipsec_plugin_outbound_batch");
     LOAD(dl, inbound, "ipsec_plugin_inbound");
     LOAD(dl, connect, "ipsec_plugin_connect");
     LOAD(dl, link_down, "ipsec_plugin_link_down");
@@ -381,6 +415,7 @@ int main(int argc, char **argv) {
     uint8_t plain[ECHO_LEN];
     build_echo(plain, ADDR_A, ADDR_B, 8, 1);
     CHECK(round_trip(a, b, plain, 1), "echo request a -> b arrives intact");
+    batch_round_trip(a, b);
     build_echo(plain, ADDR_B, ADDR_A, 0, 1);
     CHECK(round_trip(b, a, plain, 1), "echo reply b -> a arrives intact");
 
