@@ -371,6 +371,27 @@ ipsec_status ipsec_plugin_connect(const ipsec_plugin *plugin, uint32_t local_add
 ipsec_status ipsec_plugin_link_down(const ipsec_plugin *plugin);
 
 /**
+ * The MTU of the link protected packets leave on (68-65535; 1500 until set). An outbound
+ * packet with DF set that would exceed it once protected is dropped, and its sender gets
+ * an ICMP "fragmentation needed" with the MTU that fits, through
+ * `emit_packet(IPSEC_DIRECTION_INBOUND, ...)`: deliver it on the plaintext side.
+ *
+ * # Safety
+ * `plugin` is NULL or a live handle.
+ */
+ipsec_status ipsec_plugin_set_link_mtu(const ipsec_plugin *plugin, uint32_t mtu);
+
+/**
+ * The most bytes the active bundles add to one packet, nested bundles added up, in
+ * `*bytes`: advertise the link MTU minus this as the MTU of the plaintext interface.
+ * It changes with reload and connect.
+ *
+ * # Safety
+ * `plugin` is NULL or a live handle; `bytes` is NULL or writable.
+ */
+ipsec_status ipsec_plugin_overhead(const ipsec_plugin *plugin, uint32_t *bytes);
+
+/**
  * Re-reads ipsec.cfg. `IPSEC_CONFIG_PARTIAL` as for `ipsec_plugin_new`.
  *
  * # Safety

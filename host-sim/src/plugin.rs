@@ -216,9 +216,12 @@ impl PacketBuffer {
     /// Enough for tunnel + IPComp + ESP (IV, padding, ICV) + AH in front and behind.
     pub const HEADROOM: usize = 256;
     pub const TAILROOM: usize = 512;
+    /// An IPComp packet may inflate to a full IPv4 datagram in place, so the buffer always
+    /// has room for the largest one.
+    pub const CAPACITY: usize = 65535 + Self::HEADROOM + Self::TAILROOM;
 
     pub fn new(packet: &[u8]) -> PacketBuffer {
-        let mut buf = vec![0; Self::HEADROOM + packet.len() + Self::TAILROOM];
+        let mut buf = vec![0; (Self::HEADROOM + packet.len() + Self::TAILROOM).max(Self::CAPACITY)];
         buf[Self::HEADROOM..Self::HEADROOM + packet.len()].copy_from_slice(packet);
         PacketBuffer {
             buf,

@@ -7,13 +7,14 @@
 
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crate::log::{EventLog, Level};
 use crate::sad::{ReplayError, Sa, SaProto, SaTransform};
 use crate::spd::{BundleList, BundlePolicy, FlowKey, SaSet, Spd};
 use crate::stats::{Counters, DropReason};
-use crate::wire::{self, ah, esp, ipcomp, ipv4, IpProtocol};
-use crate::{PacketBuf, Verdict};
+use crate::wire::{self, ah, esp, icmp, ipcomp, ipv4, udp, IpProtocol};
+use crate::{Direction, Host, PacketBuf, Verdict};
 
 /// Packets shorter than this go out without IPComp: deflate cannot win on them
 /// (the threshold Linux and FreeS/WAN use for deflate).
@@ -30,15 +31,79 @@ pub struct Context {
     pub log: EventLog,
     pub global: Counters,
     ident: AtomicU32,
+    host: Arc<dyn Host>,
+    /// MTU of the link protected packets leave on.
+    link_mtu: AtomicU32,
+    /// ICMP errors sent in the current second (RFC 1812 section 4.3.2.8: rate-limited).
+    icmp_budget: Mutex<(u64, u32)>,
 }
 
+/// Default link MTU: Ethernet.
+pub const DEFAULT_LINK_MTU: u32 = 1500;
+/// ICMP errors the plugin generates per second, at most.
+const ICMP_PER_SECOND: u32 = 100;
+
 impl Context {
-    pub fn new(log: EventLog) -> Context {
-        Context { log, global: Counters::default(), ident: AtomicU32::new(crate::crypto_random_u32()) }
+    pub fn new(log: EventLog, host: Arc<dyn Host>) -> Context {
+        Context {
+            log,
+            global: Counters::default(),
+            ident: AtomicU32::new(crate::crypto_random_u32()),
+            host,
+            link_mtu: AtomicU32::new(DEFAULT_LINK_MTU),
+            icmp_budget: Mutex::new((0, 0)),
+        }
     }
 
     fn next_ident(&self) -> u16 {
         self.ident.fetch_add(1, Ordering::Relaxed) as u16
+    }
+
+    pub fn set_link_mtu(&self, mtu: u32) {
+        self.link_mtu.store(mtu, Ordering::Relaxed);
+    }
+
+    pub fn link_mtu(&self) -> usize {
+        self.link_mtu.load(Ordering::Relaxed) as usize
+    }
+
+    /// Sends the source of a packet too big for the path an ICMP "fragmentation needed"
+    /// (RFC 792, RFC 1191) through the host's plaintext side. `quote` is the packet's
+    /// original IP header and first 8 payload bytes. The error comes from the packet's
+    /// destination address: it arrives from the direction of that destination, which keeps
+    /// reverse-path filters quiet, and the sender's stack only looks at the quoted header.
+    fn send_frag_needed(&self, quote: &[u8], next_hop_mtu: usize) {
+        {
+            let second = self.host.now_ms() / 1000;
+            let mut budget = self.icmp_budget.lock().unwrap_or_else(|e| e.into_inner());
+            if budget.0 != second {
+                *budget = (second, 0);
+            }
+            if budget.1 >= ICMP_PER_SECOND {
+                return;
+            }
+            budget.1 += 1;
+        }
+        let orig = ipv4::Packet::new_unchecked(quote);
+        let icmp_len = icmp::HEADER_LEN + quote.len();
+        let mut buf = [0u8; ipv4::HEADER_LEN + icmp::HEADER_LEN + 68];
+        let repr = ipv4::Repr {
+            src_addr: orig.dst_addr(),
+            dst_addr: orig.src_addr(),
+            next_header: IpProtocol::Icmp,
+            payload_len: icmp_len,
+            ttl: 64,
+            tos: 0,
+            ident: self.next_ident(),
+            dont_frag: false,
+        };
+        repr.emit(&mut ipv4::Packet::new_unchecked(&mut buf[..ipv4::HEADER_LEN + icmp_len]));
+        let mtu = u16::try_from(next_hop_mtu).unwrap_or(u16::MAX);
+        let mut message = icmp::Packet::new_unchecked(&mut buf[ipv4::HEADER_LEN..ipv4::HEADER_LEN + icmp_len]);
+        icmp::Repr::FragNeeded { next_hop_mtu: mtu }.emit(&mut message);
+        message.data_mut()[..quote.len()].copy_from_slice(quote);
+        message.fill_checksum();
+        self.host.emit_packet(Direction::Inbound, &buf[..ipv4::HEADER_LEN + icmp_len]);
     }
 
     /// Counts a drop everywhere it belongs and reports security events.
@@ -133,8 +198,9 @@ impl PacketBuf<'_> {
     }
 }
 
-/// IKE (UDP 500, and 4500 with the non-ESP marker) passes unprotected so that keying can
-/// happen at all, as every IPsec stack arranges for its keying daemon.
+/// IKE (UDP 500, and 4500 with the non-ESP marker) and NAT-T keepalives (RFC 3948
+/// section 2.3) pass unprotected so that keying can happen at all, as every IPsec stack
+/// arranges for its keying daemon.
 fn is_ike(pkt: &PacketBuf<'_>) -> bool {
     let ip = pkt.ip();
     if ip.next_header() != IpProtocol::Udp || ip.frag_offset() != 0 {
@@ -145,7 +211,8 @@ fn is_ike(pkt: &PacketBuf<'_>) -> bool {
     if s == IKE_PORT || d == IKE_PORT {
         return true;
     }
-    (s == NAT_T_PORT || d == NAT_T_PORT) && wire::udp::classify_nat_t(udp.payload()) == Ok(wire::udp::NatTPayload::Ike)
+    (s == NAT_T_PORT || d == NAT_T_PORT)
+        && matches!(wire::udp::classify_nat_t(udp.payload()), Ok(wire::udp::NatTPayload::Ike | wire::udp::NatTPayload::Keepalive))
 }
 
 /// Offers the packet to every bundle in file order; each one whose selectors match the
@@ -258,7 +325,14 @@ fn outbound_one<'s>(spd: &'s Spd, ctx: &Context, pkt: &mut PacketBuf<'_>, mut de
     if is_ike(pkt) {
         return Verdict::Pass;
     }
-    let mut transformed = false;
+    // What an ICMP "fragmentation needed" would quote, before the transforms change it.
+    let mut quote = [0u8; 68];
+    let quote_len = (pkt.header_len() + 8).min(pkt.len);
+    quote[..quote_len].copy_from_slice(&pkt.data()[..quote_len]);
+    let dont_frag = pkt.ip().dont_frag();
+    let orig_len = pkt.len;
+    let mut overhead = 0;
+    let mut first_bundle = None;
     for b in &spd.bundles {
         let flow = pkt.flow();
         let Some(sel) = &b.selector else {
@@ -289,13 +363,23 @@ fn outbound_one<'s>(spd: &'s Spd, ctx: &Context, pkt: &mut PacketBuf<'_>, mut de
         if let Err((reason, sa)) = apply_bundle(b, sas, ctx, pkt, &mut defer) {
             return ctx.drop_packet(reason, Some(b), sa, format_args!("outbound {} -> {}", flow.src, flow.dst));
         }
-        transformed = true;
+        overhead += b.overhead;
+        first_bundle.get_or_insert(b);
     }
-    if transformed {
-        Verdict::Transformed
-    } else {
-        Verdict::Pass
+    let Some(first) = first_bundle else { return Verdict::Pass };
+    if pkt.len > ctx.link_mtu() && dont_frag {
+        // The sender asked not to fragment: tell it what fits (RFC 1191), through every
+        // nested bundle's worst case, so the next try goes through.
+        let fits = ctx.link_mtu().saturating_sub(overhead).max(68);
+        ctx.send_frag_needed(&quote[..quote_len], fits);
+        return ctx.drop_packet(
+            DropReason::TooBig,
+            Some(first),
+            None,
+            format_args!("{orig_len} bytes with DF set, {} once protected, link MTU {}: told the sender {fits}", pkt.len, ctx.link_mtu()),
+        );
     }
+    Verdict::Transformed
 }
 
 fn seal_pending(defer: &mut DeferSlot<'_, '_>, pkt: &mut PacketBuf<'_>) -> Result<(), DropReason> {
@@ -330,6 +414,9 @@ fn apply_bundle<'s>(
         match defer {
             Some((d, i)) => d.items[*i] = Some(sealed),
             None => seal_region(&sealed, pkt.buf).map_err(|r| (r, Some(&**sa)))?,
+        }
+        if b.config.udp_encap {
+            udp_encapsulate(pkt).map_err(|r| (r, Some(&**sa)))?;
         }
     }
     if let Some(sa) = &sas.ah {
@@ -387,6 +474,18 @@ fn compress(sa: &Sa, pkt: &mut PacketBuf<'_>) -> Result<(), DropReason> {
     data[hl + ipcomp::HEADER_LEN..hl + ipcomp::HEADER_LEN + n].copy_from_slice(&ctx.scratch[..n]);
     pkt.len = hl + ipcomp::HEADER_LEN + n;
     pkt.finish_header(IpProtocol::IpComp);
+    Ok(())
+}
+
+/// RFC 3948: a UDP header from and to port 4500 in front of the ESP packet, checksum zero
+/// (section 2.1). Only the IPv4 header moves, so a deferred ESP seal stays valid.
+fn udp_encapsulate(pkt: &mut PacketBuf<'_>) -> Result<(), DropReason> {
+    pkt.open_gap(udp::HEADER_LEN)?;
+    let hl = pkt.header_len();
+    let payload_len = pkt.len - hl - udp::HEADER_LEN;
+    let repr = udp::Repr { src_port: NAT_T_PORT, dst_port: NAT_T_PORT, payload_len };
+    repr.emit(&mut udp::Packet::new_unchecked(&mut pkt.data_mut()[hl..hl + udp::HEADER_LEN]));
+    pkt.finish_header(IpProtocol::Udp);
     Ok(())
 }
 
@@ -487,10 +586,26 @@ pub fn inbound(spd: &Spd, ctx: &Context, pkt: &mut PacketBuf<'_>) -> Verdict {
     }
     let mut removed = BundleList::default();
     let mut open: Option<OpenBundle> = None;
+    // The ESP packet just came out of a UDP-4500 datagram (RFC 3948).
+    let mut udp_encapsulated = false;
     for _ in 0..MAX_LAYERS {
         let ip = pkt.ip();
         let next = ip.next_header();
         let proto = match next {
+            IpProtocol::Udp if !udp_encapsulated && spd.is_local(ip.dst_addr()) && !ip.is_fragment() => {
+                let esp_len = match udp::Packet::new_checked(ip.payload()) {
+                    Ok(u) if u.dst_port() == NAT_T_PORT && udp::classify_nat_t(u.payload()) == Ok(udp::NatTPayload::Esp) => {
+                        u.payload().len()
+                    }
+                    _ => break,
+                };
+                let hl = pkt.header_len();
+                pkt.len = hl + udp::HEADER_LEN + esp_len;
+                pkt.close_gap(udp::HEADER_LEN);
+                pkt.finish_header(IpProtocol::Esp);
+                udp_encapsulated = true;
+                continue;
+            }
             IpProtocol::Esp => SaProto::Esp,
             IpProtocol::Ah => SaProto::Ah,
             IpProtocol::IpComp => SaProto::IpComp,
@@ -528,6 +643,15 @@ pub fn inbound(spd: &Spd, ctx: &Context, pkt: &mut PacketBuf<'_>) -> Verdict {
             );
         };
         let b = &spd.bundles[index];
+        if (proto == SaProto::Esp && b.config.udp_encap) != udp_encapsulated {
+            return ctx.drop_packet(
+                DropReason::WrongEncapsulation,
+                Some(b),
+                Some(sa),
+                format_args!("{proto} SPI 0x{spi:08x} from {src}: UDP encapsulation {} the bundle's", if udp_encapsulated { "against" } else { "missing, against" }),
+            );
+        }
+        udp_encapsulated = false;
         let stage = stage_of(proto);
         let from = match open {
             Some(o) if o.index == index => o.next_stage,

@@ -239,6 +239,7 @@ fn status_of(error: &Error) -> ipsec_status {
         Error::NoSuchBundle(_) => ipsec_status::IPSEC_ERR_NO_SUCH_BUNDLE,
         Error::NotIkeBundle(_) => ipsec_status::IPSEC_ERR_NOT_IKE_BUNDLE,
         Error::Keys(_) => ipsec_status::IPSEC_ERR_KEYS,
+        Error::InvalidArgument(_) => ipsec_status::IPSEC_ERR_INVALID,
     }
 }
 
@@ -596,6 +597,50 @@ pub unsafe extern "C" fn ipsec_plugin_link_down(plugin: *const ipsec_plugin) -> 
             return ipsec_status::IPSEC_ERR_NULL;
         };
         handle.plugin.link_down();
+        ipsec_status::IPSEC_OK
+    })
+}
+
+/// The MTU of the link protected packets leave on (68-65535; 1500 until set). An outbound
+/// packet with DF set that would exceed it once protected is dropped, and its sender gets
+/// an ICMP "fragmentation needed" with the MTU that fits, through
+/// `emit_packet(IPSEC_DIRECTION_INBOUND, ...)`: deliver it on the plaintext side.
+///
+/// # Safety
+/// `plugin` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn ipsec_plugin_set_link_mtu(plugin: *const ipsec_plugin, mtu: u32) -> ipsec_status {
+    guard_status(|| {
+        // SAFETY: NULL or a live handle per the contract.
+        let Some(handle) = (unsafe { plugin.as_ref() }) else {
+            return ipsec_status::IPSEC_ERR_NULL;
+        };
+        match handle.plugin.set_link_mtu(mtu) {
+            Ok(()) => ipsec_status::IPSEC_OK,
+            Err(e) => status_of(&e),
+        }
+    })
+}
+
+/// The most bytes the active bundles add to one packet, nested bundles added up, in
+/// `*bytes`: advertise the link MTU minus this as the MTU of the plaintext interface.
+/// It changes with reload and connect.
+///
+/// # Safety
+/// `plugin` is NULL or a live handle; `bytes` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn ipsec_plugin_overhead(plugin: *const ipsec_plugin, bytes: *mut u32) -> ipsec_status {
+    guard_status(|| {
+        // SAFETY: NULL or a live handle per the contract.
+        let Some(handle) = (unsafe { plugin.as_ref() }) else {
+            return ipsec_status::IPSEC_ERR_NULL;
+        };
+        if bytes.is_null() {
+            return ipsec_status::IPSEC_ERR_NULL;
+        }
+        let overhead = u32::try_from(handle.plugin.overhead()).unwrap_or(u32::MAX);
+        // SAFETY: non-NULL and writable per the contract.
+        unsafe { bytes.write(overhead) };
         ipsec_status::IPSEC_OK
     })
 }

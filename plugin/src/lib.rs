@@ -95,6 +95,7 @@ pub enum Error {
     NoSuchBundle(String),
     NotIkeBundle(String),
     Keys(String),
+    InvalidArgument(String),
 }
 
 impl std::fmt::Display for Error {
@@ -105,6 +106,7 @@ impl std::fmt::Display for Error {
             Error::NoSuchBundle(b) => write!(f, "no bundle named [{b}]"),
             Error::NotIkeBundle(b) => write!(f, "bundle [{b}] is manually keyed; keys can be installed only for keying = ike"),
             Error::Keys(msg) => write!(f, "bad keys: {msg}"),
+            Error::InvalidArgument(msg) => f.write_str(msg),
         }
     }
 }
@@ -177,8 +179,8 @@ impl Plugin {
         let plugin = Plugin {
             options,
             config_file,
-            host,
-            ctx: Context::new(log),
+            host: Arc::clone(&host),
+            ctx: Context::new(log, host),
             spd: RwLock::new(Arc::new(Spd { bundles: Vec::new(), sad: Default::default() })),
             control: Mutex::new(ControlState { bundles: Vec::new(), dynamic_local: None }),
         };
@@ -351,6 +353,27 @@ impl Plugin {
         }
         *self.spd.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(spd);
         Ok(())
+    }
+
+    /// The MTU of the link protected packets leave on (default 1500). Outbound packets
+    /// longer than this once protected are dropped if they have DF set, and their sender
+    /// gets an ICMP "fragmentation needed" through `Host::emit_packet(Inbound, ..)`.
+    /// IPv4 needs at least 68 (RFC 791).
+    pub fn set_link_mtu(&self, mtu: u32) -> Result<(), Error> {
+        if !(68..=65535).contains(&mtu) {
+            return Err(Error::InvalidArgument(format!("link MTU {mtu} is outside 68-65535")));
+        }
+        if self.ctx.link_mtu() != mtu as usize {
+            self.log().event(Level::Inf, "", "mtu", format_args!("link MTU {mtu}, worst-case overhead {} bytes", self.overhead()));
+        }
+        self.ctx.set_link_mtu(mtu);
+        Ok(())
+    }
+
+    /// The most bytes the active bundles add to one packet, nested bundles added up: a host
+    /// advertises its link MTU minus this on its plaintext interface.
+    pub fn overhead(&self) -> usize {
+        self.current().max_overhead()
     }
 
     pub fn dump(&self, format: DumpFormat) -> String {

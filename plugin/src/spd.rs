@@ -105,6 +105,33 @@ pub struct BundlePolicy {
     pub outbound: Option<SaSet>,
     pub inbound: Option<SaSet>,
     pub counters: Arc<Counters>,
+    /// The most bytes this bundle adds to a packet (see `worst_case_overhead`).
+    pub overhead: usize,
+}
+
+/// The most bytes a bundle can add to one packet: tunnel header, ESP header, IV, the
+/// longest padding, trailer and ICV, UDP encapsulation, AH. IPComp adds nothing: a packet
+/// goes compressed only when that makes it shorter, header included.
+pub fn worst_case_overhead(b: &Bundle) -> usize {
+    let mut n = 0;
+    if b.mode == Mode::Tunnel {
+        n += crate::wire::ipv4::HEADER_LEN;
+    }
+    if let Some(t) = b.esp {
+        n += crate::wire::esp::HEADER_LEN + t.iv_len() + (t.pad_align() - 1) + 2 + t.icv_len();
+        if b.udp_encap {
+            n += crate::wire::udp::HEADER_LEN;
+        }
+    }
+    if let Some(a) = b.ah {
+        n += ah_header_len(a.icv_len());
+    }
+    n
+}
+
+/// AH's length on IPv4: 12 bytes and the ICV, padded to 32 bits.
+pub fn ah_header_len(icv_len: usize) -> usize {
+    (12 + icv_len + 3) & !3
 }
 
 impl BundlePolicy {
@@ -132,6 +159,8 @@ impl BundlePolicy {
     pub fn outer_protocol(&self) -> IpProtocol {
         if self.config.ah.is_some() {
             IpProtocol::Ah
+        } else if self.config.udp_encap {
+            IpProtocol::Udp
         } else if self.config.esp.is_some() {
             IpProtocol::Esp
         } else {
@@ -217,7 +246,8 @@ impl Spd {
                 local_port: b.local_port,
                 remote_port: b.remote_port,
             });
-            spd.bundles.push(BundlePolicy { config: b.clone(), local, selector, outbound, inbound, counters });
+            let overhead = worst_case_overhead(b);
+            spd.bundles.push(BundlePolicy { config: b.clone(), local, selector, outbound, inbound, counters, overhead });
         }
         (spd, errors)
     }
@@ -227,6 +257,32 @@ impl Spd {
     /// end-to-end ESP, say).
     pub fn is_local(&self, addr: Ipv4Addr) -> bool {
         self.bundles.iter().any(|b| b.local == Some(addr))
+    }
+
+    /// The most bytes the bundles can add to one packet, following every chain of nested
+    /// bundles: after a bundle, a packet carries its outer header (tunnel or transport
+    /// endpoints, outer protocol), and later bundles that match that add their own.
+    /// A host advertises its link MTU minus this on its plaintext interface.
+    pub fn max_overhead(&self) -> usize {
+        let mut best = 0;
+        for (i, b) in self.bundles.iter().enumerate() {
+            let (Some(_), Some(local)) = (&b.selector, b.local) else { continue };
+            let mut total = b.overhead;
+            let mut flow = FlowKey { src: local, dst: b.config.remote, protocol: b.outer_protocol().into(), ports: None };
+            for later in &self.bundles[i + 1..] {
+                let (Some(sel), Some(local)) = (&later.selector, later.local) else { continue };
+                if sel.matches_outbound(&flow) {
+                    total += later.overhead;
+                    if later.is_tunnel() {
+                        flow.src = local;
+                        flow.dst = later.config.remote;
+                    }
+                    flow.protocol = later.outer_protocol().into();
+                }
+            }
+            best = best.max(total);
+        }
+        best
     }
 
     pub fn find(&self, name: &str) -> Option<&BundlePolicy> {

@@ -42,10 +42,15 @@ pub enum DropReason {
     Fragment,
     /// ESP next header 59: a dummy packet (RFC 4303 section 2.6), discarded by design.
     Dummy,
+    /// Outbound with DF set, longer than the link MTU once protected: the sender gets an
+    /// ICMP "fragmentation needed" with the MTU that fits.
+    TooBig,
+    /// ESP in UDP for a bundle without `udp_encap`, or plain ESP for one with it.
+    WrongEncapsulation,
 }
 
 impl DropReason {
-    pub const COUNT: usize = 17;
+    pub const COUNT: usize = 19;
     pub const ALL: [DropReason; DropReason::COUNT] = [
         DropReason::Malformed,
         DropReason::Truncated,
@@ -64,6 +69,8 @@ impl DropReason {
         DropReason::NoSa,
         DropReason::Fragment,
         DropReason::Dummy,
+        DropReason::TooBig,
+        DropReason::WrongEncapsulation,
     ];
 
     pub fn name(self) -> &'static str {
@@ -85,12 +92,17 @@ impl DropReason {
             DropReason::NoSa => "no_sa",
             DropReason::Fragment => "fragment",
             DropReason::Dummy => "dummy",
+            DropReason::TooBig => "too_big",
+            DropReason::WrongEncapsulation => "wrong_encapsulation",
         }
     }
 
     /// Security events go to ipsec.log as SEC (and to the host's output window).
     pub fn is_security_event(self) -> bool {
-        !matches!(self, DropReason::NoRoom | DropReason::NoSa | DropReason::Dummy | DropReason::SeqExhausted)
+        !matches!(
+            self,
+            DropReason::NoRoom | DropReason::NoSa | DropReason::Dummy | DropReason::SeqExhausted | DropReason::TooBig
+        )
     }
 
     fn index(self) -> usize {

@@ -13,6 +13,7 @@ use ipsec_plugin::{Direction, DumpFormat, Host, Options, PacketBuf, Plugin, Verd
 #[derive(Default)]
 struct TestHost {
     window: Mutex<Vec<String>>,
+    emitted: Mutex<Vec<(Direction, Vec<u8>)>>,
 }
 
 impl Host for TestHost {
@@ -22,7 +23,9 @@ impl Host for TestHost {
     fn now_ms(&self) -> u64 {
         1_763_900_000_000
     }
-    fn emit_packet(&self, _: Direction, _: &[u8]) {}
+    fn emit_packet(&self, direction: Direction, packet: &[u8]) {
+        self.emitted.lock().unwrap().push((direction, packet.to_vec()));
+    }
 }
 
 struct Machine {
@@ -184,7 +187,7 @@ fn assert_dropped(m: &Machine, packet: &[u8], reason: &str) {
 #[test]
 fn esp_plus_ah_transport_round_trip_both_ways() {
     let (a, b) = pair("espah", ESP_AH);
-    for size in [0, 1, 100, 1400] {
+    for size in [0, 1, 100, 1300] {
         let p = udp([192, 0, 2, 1], [192, 0, 2, 2], size);
         let (v, wire_pkt) = out(&a, &p);
         assert_eq!(v, Verdict::Transformed);
@@ -653,4 +656,121 @@ esp_auth_key_in  = 0x3433323130292827262524232221202f2e2d2c2b
             assert_eq!(&fwd, p, "packet {i} behind the gateway");
         }
     }
+}
+
+#[test]
+fn udp_encapsulated_esp_round_trip_and_mismatches() {
+    let cfg = ESP_ONLY.replace("esp = aes128-sha1", "esp = aes128-sha1\nudp_encap = yes");
+    let (a, b) = pair("udp-encap", &cfg);
+    let p = udp([192, 0, 2, 1], [192, 0, 2, 2], 300);
+    let (v, w) = out(&a, &p);
+    assert_eq!(v, Verdict::Transformed);
+    let ip = ipv4::Packet::new_checked(&w[..]).unwrap();
+    assert_eq!(ip.next_header(), IpProtocol::Udp);
+    let u = wire::udp::Packet::new_checked(ip.payload()).unwrap();
+    assert_eq!((u.src_port(), u.dst_port(), u.checksum()), (4500, 4500, 0));
+    assert_eq!(usize::from(u.len()), ip.payload().len());
+    assert_eq!(esp::Packet::new_checked(u.payload()).unwrap().spi(), 0x301);
+    assert_eq!(inp(&b, &w), (Verdict::Transformed, p.clone()));
+    // The batch path encapsulates the same way.
+    let batch = out_batch(&a, &[p.clone(), p.clone()], HEAD);
+    for (v, w) in &batch {
+        assert_eq!(*v, Verdict::Transformed);
+        assert_eq!(inp(&b, w), (Verdict::Transformed, p.clone()));
+    }
+    // Plain ESP where the bundle says UDP, and the reverse.
+    let (plain_a, plain_b) = pair("udp-encap-plain", ESP_ONLY);
+    let (_, plain_esp) = out(&plain_a, &p);
+    assert_eq!(inp(&b, &plain_esp).0, Verdict::Drop);
+    assert_eq!(b.global_drops("wrong_encapsulation"), 1);
+    let (_, w) = out(&a, &p);
+    assert_eq!(inp(&plain_b, &w).0, Verdict::Drop);
+    // A NAT keepalive and IKE on 4500 are not ESP and pass to the host.
+    let mut keepalive = udp([192, 0, 2, 1], [192, 0, 2, 2], 1);
+    keepalive[20..22].copy_from_slice(&4500u16.to_be_bytes());
+    keepalive[22..24].copy_from_slice(&4500u16.to_be_bytes());
+    keepalive[28] = 0xff;
+    assert_eq!(inp(&b, &keepalive), (Verdict::Pass, keepalive.clone()));
+    let mut ike = keepalive.clone();
+    ike.truncate(28);
+    ike.extend_from_slice(&[0, 0, 0, 0, 1, 2, 3, 4]);
+    let len = ike.len() as u16;
+    let mut h = ipv4::Packet::new_unchecked(&mut ike[..]);
+    h.set_total_len(len);
+    h.fill_checksum();
+    ike[24..26].copy_from_slice(&(len - 20).to_be_bytes());
+    assert_eq!(inp(&b, &ike), (Verdict::Pass, ike.clone()));
+}
+
+#[test]
+fn df_packet_too_big_gets_icmp_frag_needed_with_the_mtu_that_fits() {
+    let (a, b) = pair("mtu", ESP_ONLY);
+    let overhead = a.plugin.overhead();
+    // ESP aes128-sha1: 8 header + 16 IV + 15 padding + 2 trailer + 12 ICV.
+    assert_eq!(overhead, 53);
+    a.plugin.set_link_mtu(1400).unwrap();
+    assert!(a.plugin.set_link_mtu(20).is_err());
+    let fits = 1400 - overhead;
+    // The largest packet that always fits goes through.
+    let p = udp([192, 0, 2, 1], [192, 0, 2, 2], fits - 28);
+    let (v, w) = out(&a, &p);
+    assert_eq!(v, Verdict::Transformed);
+    assert!(w.len() <= 1400);
+    assert_eq!(inp(&b, &w), (Verdict::Transformed, p));
+    // 1400 bytes with DF: dropped, and the sender learns what fits.
+    let big = udp([192, 0, 2, 1], [192, 0, 2, 2], 1400 - 28);
+    assert_eq!(out(&a, &big).0, Verdict::Drop);
+    assert_eq!(a.global_drops("too_big"), 1);
+    let emitted = a.host.emitted.lock().unwrap().clone();
+    assert_eq!(emitted.len(), 1);
+    let (dir, icmp_pkt) = &emitted[0];
+    assert_eq!(*dir, Direction::Inbound);
+    let ip = ipv4::Packet::new_checked(&icmp_pkt[..]).unwrap();
+    assert!(ip.verify_checksum());
+    assert_eq!((ip.src_addr(), ip.dst_addr()), (Ipv4Addr::new(192, 0, 2, 2), Ipv4Addr::new(192, 0, 2, 1)));
+    let icmp = wire::icmp::Packet::new_checked(ip.payload()).unwrap();
+    assert!(icmp.verify_checksum());
+    assert_eq!(wire::icmp::Repr::parse(&icmp).unwrap(), wire::icmp::Repr::FragNeeded { next_hop_mtu: fits as u16 });
+    assert_eq!(icmp.data(), &big[..28], "quotes the header and 8 bytes");
+    // Without DF the packet goes, longer than the link: the host fragments it.
+    let mut no_df = big.clone();
+    let mut h = ipv4::Packet::new_unchecked(&mut no_df[..]);
+    h.set_dont_frag(false);
+    h.fill_checksum();
+    let (v, w) = out(&a, &no_df);
+    assert_eq!(v, Verdict::Transformed);
+    assert!(w.len() > 1400);
+}
+
+#[test]
+fn overhead_adds_up_through_nested_bundles() {
+    let dir = temp_dir("overhead");
+    let cfg = "
+[inner]
+local = 192.0.2.31
+remote = 10.2.0.5
+esp = aes128-sha256
+ah = sha1
+esp_spi_out = 0x601
+esp_spi_in  = 0x602
+esp_enc_key_out = 0x000102030405060708090a0b0c0d0e0f
+esp_enc_key_in  = 0x0f0e0d0c0b0a09080706050403020100
+esp_auth_key_out = 0x0001020304050607080900010203040506070809000102030405060708090001
+esp_auth_key_in  = 0x0908070605040302010009080706050403020100090807060504030201000908
+ah_spi_out = 0x611
+ah_spi_in = 0x612
+ah_key_out = 0x0102030405060708090a0b0c0d0e0f1011121314
+ah_key_in = 0x1413121110f0e0d0c0b0a0908070605040302010
+
+[outer]
+local = 192.0.2.31
+remote = 192.0.2.32
+mode = tunnel
+remote_subnet = 10.2.0.0/24
+esp = aes256gcm16
+keying = ike
+";
+    let m = machine(&dir.join("h"), cfg);
+    // inner: ESP 8 + 16 + 15 + 2 + 16 = 57, AH sha1 24; outer: 20 + ESP-GCM 8 + 8 + 3 + 2 + 16.
+    assert_eq!(m.plugin.overhead(), 57 + 24 + 20 + 37);
 }

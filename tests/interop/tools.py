@@ -30,9 +30,11 @@ def find_binary(env, name):
 
 
 def find_tool(env, name):
+    """Path of a reference tool: $ENV, else `name` on PATH."""
     path = os.environ.get(env) or shutil.which(name)
-    if not path:
-        return None, f"{name} not found on PATH (install it with .ci/setup) and ${env} not set"
+    if not path or not os.access(path, os.X_OK):
+        where = f"${env} = {path}" if os.environ.get(env) else "not on PATH"
+        return None, f"{name} not found ({where}): install it with .ci/setup, or point ${env} at it"
     return Path(path), None
 
 

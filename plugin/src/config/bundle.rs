@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 use super::ike;
 use super::lexer::{Entry, Key, KeyClass, Section};
 use super::manual;
-use super::value::{number_in, shown, Parsed};
+use super::value::{number_in, shown, yes_no, Parsed};
 use super::{Bundle, Cidr, Diags, IntegAlg, Keying, Mode, SaKeys};
 use crate::crypto::{CipherAlg, EspTransform};
 
@@ -132,17 +132,27 @@ pub(super) fn check_section(
     let selectors = selectors(&mut c);
     let protocols = protocols(&mut c, kind);
     let replay_window = c.optional(Key::ReplayWindow, |s| number_in(s, 0, 4096));
+    let udp_encap = c.optional(Key::UdpEncap, yes_no).map(|v| v.unwrap_or(false));
+    if let (Ok(true), Ok(p)) = (udp_encap, &protocols) {
+        if p.esp.is_none() {
+            c.fail(Key::UdpEncap, "UDP encapsulation carries ESP: the bundle needs esp".into());
+        } else if p.ah.is_some() {
+            // RFC 3948 encapsulates ESP only; AH cannot cross the NAT it is meant for.
+            c.fail(Key::UdpEncap, "UDP encapsulation is for ESP alone (RFC 3948): remove ah".into());
+        }
+    }
     let keying = keying(&mut c, kind, protocols);
     if c.failed() || section.poisoned {
         return None;
     }
-    let (Some(name), Ok((local, remote)), Ok(sel), Ok(p), Ok(replay_window), Ok(keying)) = (
+    let (Some(name), Ok((local, remote)), Ok(sel), Ok(p), Ok(replay_window), Ok(keying), Ok(udp_encap)) = (
         section.name.clone(),
         endpoints,
         selectors,
         protocols,
         replay_window,
         keying,
+        udp_encap,
     ) else {
         return None; // a line the lexer refused (duplicate key, empty value)
     };
@@ -166,6 +176,7 @@ pub(super) fn check_section(
         ipcomp: p.ipcomp,
         keying,
         replay_window: replay_window.map_or(default_window, |n| n as u32), // at most 4096
+        udp_encap,
     };
     // Only a bundle that would be activated can take an SPI from another.
     manual::spi_clashes(&mut c, &bundle, accepted);

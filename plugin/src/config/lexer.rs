@@ -31,6 +31,7 @@ pub(super) enum Key {
     Ipcomp,
     Keying,
     ReplayWindow,
+    UdpEncap,
     EspSpi(Dir),
     EspEncKey(Dir),
     EspAuthKey(Dir),
@@ -55,7 +56,7 @@ pub(super) enum KeyClass {
 }
 
 impl Key {
-    const ALL: [Key; 32] = [
+    const ALL: [Key; 33] = [
         Key::Local,
         Key::Remote,
         Key::Mode,
@@ -69,6 +70,7 @@ impl Key {
         Key::Ipcomp,
         Key::Keying,
         Key::ReplayWindow,
+        Key::UdpEncap,
         Key::EspSpi(Dir::Out),
         Key::EspSpi(Dir::In),
         Key::EspEncKey(Dir::Out),
@@ -106,6 +108,7 @@ impl Key {
             Key::Ipcomp => "ipcomp",
             Key::Keying => "keying",
             Key::ReplayWindow => "replay_window",
+            Key::UdpEncap => "udp_encap",
             Key::EspSpi(Out) => "esp_spi_out",
             Key::EspSpi(In) => "esp_spi_in",
             Key::EspEncKey(Out) => "esp_enc_key_out",

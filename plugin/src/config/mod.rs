@@ -139,6 +139,9 @@ pub struct Bundle {
     pub keying: Keying,
     /// 0 = off.
     pub replay_window: u32,
+    /// ESP in UDP, port 4500 both ways (RFC 3948): for paths through NAT and for peers
+    /// that always encapsulate.
+    pub udp_encap: bool,
 }
 
 /// An error or warning about a config file (or a key text given to [`parse_sa_keys`]).

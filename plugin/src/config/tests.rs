@@ -192,6 +192,7 @@ fn transport_sample_parses_to_the_exact_bundle() {
             },
         }),
         replay_window: 32,
+        udp_encap: false,
     };
     assert_eq!(config.bundles, [expected]);
 }
@@ -263,6 +264,7 @@ fn tunnel_sample_parses_to_the_exact_bundle() {
             keyingtries: 0,
         }),
         replay_window: 128,
+        udp_encap: false,
     };
     assert_eq!(config.bundles, [expected]);
 }
@@ -1454,4 +1456,20 @@ fn reference_key_text_example_installs() {
         keys.inbound.esp.map(|k| (k.spi, k.enc_key.len())),
         Some((0x1000, 20))
     );
+}
+
+#[test]
+fn udp_encap_key() {
+    let base = "[b]\nlocal = 192.0.2.1\nremote = 192.0.2.2\nkeying = ike\n";
+    let c = parse(&format!("{base}esp = aes128-sha1\nudp_encap = YES\n"), "ipsec.cfg");
+    assert!(c.errors.is_empty(), "{:?}", c.errors);
+    assert!(c.bundles[0].udp_encap);
+    let c = parse(&format!("{base}esp = aes128-sha1\n"), "ipsec.cfg");
+    assert!(!c.bundles[0].udp_encap, "default no");
+    let c = parse(&format!("{base}ah = sha1\nudp_encap = yes\n"), "ipsec.cfg");
+    assert_eq!(c.errors.len(), 1);
+    assert_eq!(c.errors[0].line, 6);
+    assert_eq!(c.errors[0].key.as_deref(), Some("udp_encap"));
+    let c = parse(&format!("{base}esp = aes128-sha1\nudp_encap = maybe\n"), "ipsec.cfg");
+    assert_eq!(c.errors[0].key.as_deref(), Some("udp_encap"));
 }
