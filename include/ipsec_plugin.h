@@ -83,6 +83,11 @@ enum ipsec_status
    * are). The errors are in ipsec.log and were shown in the output window.
    */
   IPSEC_CONFIG_PARTIAL = 11,
+  /**
+   * The control socket could not be served at that path (in use, not a socket, no
+   * permission); the plugin itself works on.
+   */
+  IPSEC_ERR_CONTROL_IO = 12,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -390,6 +395,17 @@ ipsec_status ipsec_plugin_set_link_mtu(const ipsec_plugin *plugin, uint32_t mtu)
  * `plugin` is NULL or a live handle; `bytes` is NULL or writable.
  */
 ipsec_status ipsec_plugin_overhead(const ipsec_plugin *plugin, uint32_t *bytes);
+
+/**
+ * Serves the SA table on a Unix stream socket at `path` for `ipsecdump`, usable only by
+ * this process's user (peer credentials checked; docs/control.md). A NULL `path` stops
+ * serving; a new path replaces the old one. `IPSEC_ERR_CONTROL_IO` when the path cannot be
+ * served (another plugin answers there, it is not a socket, no permission).
+ *
+ * # Safety
+ * `plugin` is NULL or a live handle; `path` is NULL or a NUL-terminated string.
+ */
+ipsec_status ipsec_plugin_control_listen(const ipsec_plugin *plugin, const char *path);
 
 /**
  * Re-reads ipsec.cfg. `IPSEC_CONFIG_PARTIAL` as for `ipsec_plugin_new`.

@@ -197,7 +197,8 @@ fn serve_one(stream: &mut UnixStream, render: &Render, owner: Uid) -> io::Result
     // A bug in rendering must not take the socket down with it.
     match catch_unwind(AssertUnwindSafe(|| render(format))) {
         Ok(table) => {
-            write!(stream, "OK {}\n", table.len())?;
+            // Whole lines in one write each, rather than write!'s one write per piece.
+            stream.write_all(format!("OK {}\n", table.len()).as_bytes())?;
             stream.write_all(table.as_bytes())
         }
         Err(_) => reply_err(stream, "internal error: the table could not be rendered"),
@@ -205,7 +206,7 @@ fn serve_one(stream: &mut UnixStream, render: &Render, owner: Uid) -> io::Result
 }
 
 fn reply_err(stream: &mut UnixStream, message: &str) -> io::Result<()> {
-    write!(stream, "ERR {message}\n")
+    stream.write_all(format!("ERR {message}\n").as_bytes())
 }
 
 #[derive(Debug)]

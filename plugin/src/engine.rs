@@ -59,6 +59,10 @@ impl Context {
         self.ident.fetch_add(1, Ordering::Relaxed) as u16
     }
 
+    pub fn now_ms(&self) -> u64 {
+        self.host.now_ms()
+    }
+
     pub fn set_link_mtu(&self, mtu: u32) {
         self.link_mtu.store(mtu, Ordering::Relaxed);
     }
@@ -527,14 +531,11 @@ fn ah_icv_header(data: &[u8], hl: usize) -> [u8; 60] {
     header
 }
 
-fn ah_len(icv_len: usize) -> usize {
-    (12 + icv_len + 3) & !3
-}
 
 fn ah_seal(sa: &Sa, pkt: &mut PacketBuf<'_>) -> Result<(), DropReason> {
     let SaTransform::Ah(integ) = &sa.transform else { return Ok(()) };
     let icv_len = integ.icv_len();
-    let len = ah_len(icv_len);
+    let len = crate::spd::ah_header_len(icv_len);
     if pkt.offset < len {
         return Err(DropReason::NoRoom);
     }
@@ -776,20 +777,20 @@ fn ah_open(sa: &Sa, pkt: &mut PacketBuf<'_>) -> Result<(), DropReason> {
         Ok(p) => (p.sequence_number(), p.next_header(), p.header_len()),
         Err(_) => return Err(DropReason::Truncated),
     };
-    if usize::from(header_len) != ah_len(icv_len) {
+    if header_len != crate::spd::ah_header_len(icv_len) {
         return Err(DropReason::Truncated);
     }
     sa.replay().check(seq).map_err(replay_drop)?;
     let mut received = [0u8; 32];
     received[..icv_len].copy_from_slice(&pkt.data()[hl + 12..hl + 12 + icv_len]);
-    pkt.data_mut()[hl + 12..hl + usize::from(header_len)].fill(0);
+    pkt.data_mut()[hl + 12..hl + header_len].fill(0);
     let header = ah_icv_header(pkt.data(), hl);
     if !integ.verify(&[&header[..hl], &pkt.data()[hl..]], &received[..icv_len]) {
         return Err(DropReason::AuthFailed);
     }
     sa.replay().accept(seq).map_err(replay_drop)?;
     sa.counters.count_packet(pkt.len);
-    pkt.close_gap(usize::from(header_len));
+    pkt.close_gap(header_len);
     pkt.finish_header(next_header);
     Ok(())
 }

@@ -69,6 +69,9 @@ pub enum ipsec_status {
     /// Success, but some bundles had configuration errors and are not active (the others
     /// are). The errors are in ipsec.log and were shown in the output window.
     IPSEC_CONFIG_PARTIAL = 11,
+    /// The control socket could not be served at that path (in use, not a socket, no
+    /// permission); the plugin itself works on.
+    IPSEC_ERR_CONTROL_IO = 12,
 }
 
 /// What the host must do with a packet after a hook returned.
@@ -240,6 +243,7 @@ fn status_of(error: &Error) -> ipsec_status {
         Error::NotIkeBundle(_) => ipsec_status::IPSEC_ERR_NOT_IKE_BUNDLE,
         Error::Keys(_) => ipsec_status::IPSEC_ERR_KEYS,
         Error::InvalidArgument(_) => ipsec_status::IPSEC_ERR_INVALID,
+        Error::ControlIo { .. } => ipsec_status::IPSEC_ERR_CONTROL_IO,
     }
 }
 
@@ -324,6 +328,7 @@ pub extern "C" fn ipsec_status_describe(status: u32) -> *const c_char {
         9 => c"IPSEC_ERR_BUFFER_TOO_SMALL: the buffer is too small",
         10 => c"IPSEC_ERR_PANIC: internal error in the plugin",
         11 => c"IPSEC_CONFIG_PARTIAL: some bundles have config errors and are not active",
+        12 => c"IPSEC_ERR_CONTROL_IO: the control socket could not be served",
         _ => c"unknown status",
     };
     text.as_ptr()
@@ -645,6 +650,36 @@ pub unsafe extern "C" fn ipsec_plugin_overhead(plugin: *const ipsec_plugin, byte
     })
 }
 
+/// Serves the SA table on a Unix stream socket at `path` for `ipsecdump`, usable only by
+/// this process's user (peer credentials checked; docs/control.md). A NULL `path` stops
+/// serving; a new path replaces the old one. `IPSEC_ERR_CONTROL_IO` when the path cannot be
+/// served (another plugin answers there, it is not a socket, no permission).
+///
+/// # Safety
+/// `plugin` is NULL or a live handle; `path` is NULL or a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn ipsec_plugin_control_listen(plugin: *const ipsec_plugin, path: *const c_char) -> ipsec_status {
+    guard_status(|| {
+        // SAFETY: NULL or a live handle per the contract.
+        let Some(handle) = (unsafe { plugin.as_ref() }) else {
+            return ipsec_status::IPSEC_ERR_NULL;
+        };
+        let path = if path.is_null() {
+            None
+        } else {
+            // SAFETY: non-NULL and NUL-terminated per the contract.
+            match unsafe { CStr::from_ptr(path) }.to_str() {
+                Ok(p) if !p.is_empty() => Some(std::path::PathBuf::from(p)),
+                _ => return ipsec_status::IPSEC_ERR_INVALID,
+            }
+        };
+        match handle.plugin.control_listen(path.as_deref()) {
+            Ok(()) => ipsec_status::IPSEC_OK,
+            Err(e) => status_of(&e),
+        }
+    })
+}
+
 /// Re-reads ipsec.cfg. `IPSEC_CONFIG_PARTIAL` as for `ipsec_plugin_new`.
 ///
 /// # Safety
@@ -802,7 +837,7 @@ mod tests {
     #[test]
     fn every_status_has_its_own_description() {
         let mut seen = Vec::new();
-        for n in 0..=11u32 {
+        for n in 0..=12u32 {
             // SAFETY: static NUL-terminated strings.
             let s = unsafe { CStr::from_ptr(ipsec_status_describe(n)) }
                 .to_str()
@@ -812,7 +847,7 @@ mod tests {
             seen.push(s);
         }
         // SAFETY: as above.
-        let unknown = unsafe { CStr::from_ptr(ipsec_status_describe(12)) };
+        let unknown = unsafe { CStr::from_ptr(ipsec_status_describe(13)) };
         assert_eq!(unknown.to_str().unwrap(), "unknown status");
     }
 

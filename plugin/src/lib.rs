@@ -7,6 +7,7 @@
 #![deny(unsafe_code)]
 
 pub mod config;
+pub mod control;
 pub mod crypto;
 pub mod dump;
 pub mod engine;
@@ -96,6 +97,7 @@ pub enum Error {
     NotIkeBundle(String),
     Keys(String),
     InvalidArgument(String),
+    ControlIo { path: PathBuf, source: std::io::Error },
 }
 
 impl std::fmt::Display for Error {
@@ -107,6 +109,7 @@ impl std::fmt::Display for Error {
             Error::NotIkeBundle(b) => write!(f, "bundle [{b}] is manually keyed; keys can be installed only for keying = ike"),
             Error::Keys(msg) => write!(f, "bad keys: {msg}"),
             Error::InvalidArgument(msg) => f.write_str(msg),
+            Error::ControlIo { path, source } => write!(f, "control socket {}: {source}", path.display()),
         }
     }
 }
@@ -126,8 +129,10 @@ pub struct Plugin {
     options: Options,
     config_file: PathBuf,
     host: Arc<dyn Host>,
-    ctx: Context,
-    spd: RwLock<Arc<Spd>>,
+    /// Shared with the control socket's thread, which renders the table.
+    ctx: Arc<Context>,
+    spd: Arc<RwLock<Arc<Spd>>>,
+    control_server: Mutex<Option<control::ControlServer>>,
     /// The configured bundles and the host's address: what the Spd is rebuilt from.
     /// Held across a rebuild so two control events cannot interleave.
     control: Mutex<ControlState>,
@@ -180,8 +185,9 @@ impl Plugin {
             options,
             config_file,
             host: Arc::clone(&host),
-            ctx: Context::new(log, host),
-            spd: RwLock::new(Arc::new(Spd { bundles: Vec::new(), sad: Default::default() })),
+            ctx: Arc::new(Context::new(log, host)),
+            spd: Arc::new(RwLock::new(Arc::new(Spd { bundles: Vec::new(), sad: Default::default() }))),
+            control_server: Mutex::new(None),
             control: Mutex::new(ControlState { bundles: Vec::new(), dynamic_local: None }),
         };
         let errors = plugin.apply_config(config);
@@ -377,16 +383,41 @@ impl Plugin {
     }
 
     pub fn dump(&self, format: DumpFormat) -> String {
-        let spd = self.current();
-        let now = self.host.now_ms();
-        match format {
-            DumpFormat::Text => dump::text(&spd, &self.ctx.global, now),
-            DumpFormat::Json => dump::json(&spd, &self.ctx.global, now),
-        }
+        render(&self.spd, &self.ctx, format)
+    }
+
+    /// Serves the SA table on a Unix socket at `path` for `ipsecdump`, to this process's
+    /// user only (docs/control.md); `None` stops serving. A new path replaces the old one.
+    pub fn control_listen(&self, path: Option<&Path>) -> Result<(), Error> {
+        let mut server = self.control_server.lock().unwrap_or_else(|e| e.into_inner());
+        // Stop the old one first, so the same path can be served again.
+        *server = None;
+        let Some(path) = path else {
+            self.log().event(Level::Inf, "", "control", format_args!("control socket closed"));
+            return Ok(());
+        };
+        let (spd, ctx) = (Arc::clone(&self.spd), Arc::clone(&self.ctx));
+        let render: control::Render = Arc::new(move |format| render(&spd, &ctx, format));
+        let started = control::ControlServer::start(path, render).map_err(|source| {
+            self.log().event(Level::Err, "", "control", format_args!("cannot serve {}: {source}", path.display()));
+            Error::ControlIo { path: path.to_path_buf(), source }
+        })?;
+        self.log().event(Level::Inf, "", "control", format_args!("control socket {}", path.display()));
+        *server = Some(started);
+        Ok(())
     }
 
     pub fn options(&self) -> &Options {
         &self.options
+    }
+}
+
+fn render(spd: &RwLock<Arc<Spd>>, ctx: &Context, format: DumpFormat) -> String {
+    let spd = Arc::clone(&spd.read().unwrap_or_else(|e| e.into_inner()));
+    let now = ctx.now_ms();
+    match format {
+        DumpFormat::Text => dump::text(&spd, &ctx.global, now),
+        DumpFormat::Json => dump::json(&spd, &ctx.global, now),
     }
 }
 

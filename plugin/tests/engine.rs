@@ -250,10 +250,8 @@ esp_auth_key_in  = 0x201f1e1d1c1b1a191817161514131211100f0e0d0c0b0a0908070605040
     assert_eq!(a.global_drops("policy_violation"), 1);
 }
 
-#[test]
-fn nested_bundles_apply_in_file_order_and_unwrap_in_reverse() {
-    let dir = temp_dir("nested");
-    let host1 = "
+/// host1's nested bundles: end to end with host2 (behind the gateway), then the tunnel.
+const NESTED_INNER: &str = "
 [inner]
 local = 192.0.2.31
 remote = 10.2.0.5
@@ -264,7 +262,9 @@ esp_enc_key_out = 0x000102030405060708090a0b0c0d0e0f
 esp_enc_key_in  = 0x0f0e0d0c0b0a09080706050403020100
 esp_auth_key_out = 0x0001020304050607080900010203040506070809000102030405060708090001
 esp_auth_key_in  = 0x0908070605040302010009080706050403020100090807060504030201000908
+";
 
+const NESTED_OUTER: &str = "
 [outer]
 local = 192.0.2.31
 remote = 192.0.2.32
@@ -278,10 +278,15 @@ esp_enc_key_in  = 0x1f1e1d1c1b1a19181716151413121110
 esp_auth_key_out = 0x2122232425262728292a2b2c2d2e2f3031323334
 esp_auth_key_in  = 0x3433323130292827262524232221202f2e2d2c2b
 ";
-    let (inner, outer) = host1.split_at(host1.find("[outer]").unwrap());
+
+#[test]
+fn nested_bundles_apply_in_file_order_and_unwrap_in_reverse() {
+    let dir = temp_dir("nested");
+    let host1 = format!("{NESTED_INNER}{NESTED_OUTER}");
+    let (inner, outer) = (NESTED_INNER, NESTED_OUTER);
     let gw = mirror(outer, "192.0.2.31", "192.0.2.32");
     let host2 = mirror(inner, "192.0.2.31", "10.2.0.5");
-    let h1 = machine(&dir.join("host1"), host1);
+    let h1 = machine(&dir.join("host1"), &host1);
     let g = machine(&dir.join("gw"), &gw);
     let h2 = machine(&dir.join("host2"), &host2);
 
@@ -394,7 +399,7 @@ fn bad_padding() {
     let inner = udp([192, 0, 2, 1], [192, 0, 2, 2], 4);
     // 32 bytes: the UDP datagram (12), padding that should read 1..=18 but does not, 18, 17.
     let mut plaintext = inner[20..].to_vec();
-    plaintext.extend(std::iter::repeat(0xAA).take(18));
+    plaintext.extend(std::iter::repeat_n(0xAA, 18));
     plaintext.push(18);
     plaintext.push(17);
     assert_eq!(plaintext.len() % 16, 0);
@@ -615,34 +620,11 @@ fn batch_outbound_matches_single_packet_semantics() {
 #[test]
 fn batch_outbound_through_nested_bundles() {
     let dir = temp_dir("batch-nested");
-    let inner = "
-[inner]
-local = 192.0.2.31
-remote = 10.2.0.5
-esp = aes128-sha256
-esp_spi_out = 0x601
-esp_spi_in  = 0x602
-esp_enc_key_out = 0x000102030405060708090a0b0c0d0e0f
-esp_enc_key_in  = 0x0f0e0d0c0b0a09080706050403020100
-esp_auth_key_out = 0x0001020304050607080900010203040506070809000102030405060708090001
-esp_auth_key_in  = 0x0908070605040302010009080706050403020100090807060504030201000908
-";
-    let outer = "
-[outer]
-local = 192.0.2.31
-remote = 192.0.2.32
-mode = tunnel
-remote_subnet = 10.2.0.0/24
-esp = aes256-sha1
-esp_spi_out = 0x701
-esp_spi_in  = 0x702
-esp_enc_key_out = 0x101112131415161718191a1b1c1d1e1f101112131415161718191a1b1c1d1e1f
-esp_enc_key_in  = 0x1f1e1d1c1b1a191817161514131211101f1e1d1c1b1a19181716151413121110
-esp_auth_key_out = 0x2122232425262728292a2b2c2d2e2f3031323334
-esp_auth_key_in  = 0x3433323130292827262524232221202f2e2d2c2b
-";
+    // aes256 outside, so the two ESP layers run different ciphers through one batch.
+    let inner = NESTED_INNER;
+    let outer = NESTED_OUTER.replace("esp = aes128-sha1", "esp = aes256-sha1").replace("_key_out = 0x101112131415161718191a1b1c1d1e1f", "_key_out = 0x101112131415161718191a1b1c1d1e1f101112131415161718191a1b1c1d1e1f").replace("_key_in  = 0x1f1e1d1c1b1a19181716151413121110", "_key_in  = 0x1f1e1d1c1b1a191817161514131211101f1e1d1c1b1a19181716151413121110");
     let h1 = machine(&dir.join("host1"), &format!("{inner}{outer}"));
-    let g = machine(&dir.join("gw"), &mirror(outer, "192.0.2.31", "192.0.2.32"));
+    let g = machine(&dir.join("gw"), &mirror(&outer, "192.0.2.31", "192.0.2.32"));
     let h2 = machine(&dir.join("host2"), &mirror(inner, "192.0.2.31", "10.2.0.5"));
     let packets: Vec<Vec<u8>> = (0..20).map(|i| udp([192, 0, 2, 31], [10, 2, 0, (5 + i % 2) as u8], 40 + i * 61)).collect();
     for (i, ((v, w), p)) in out_batch(&h1, &packets, HEAD).iter().zip(&packets).enumerate() {
@@ -773,4 +755,37 @@ keying = ike
     let m = machine(&dir.join("h"), cfg);
     // inner: ESP 8 + 16 + 15 + 2 + 16 = 57, AH sha1 24; outer: 20 + ESP-GCM 8 + 8 + 3 + 2 + 16.
     assert_eq!(m.plugin.overhead(), 57 + 24 + 20 + 37);
+}
+
+#[test]
+fn control_socket_serves_the_live_table() {
+    use std::io::{Read, Write};
+    let (a, b) = pair("control", ESP_ONLY);
+    let path = a.dir.join("control.sock");
+    a.plugin.control_listen(Some(&path)).unwrap();
+    let p = udp([192, 0, 2, 1], [192, 0, 2, 2], 10);
+    for _ in 0..7 {
+        let (_, w) = out(&a, &p);
+        assert_eq!(inp(&b, &w).0, Verdict::Transformed);
+    }
+    let ask = |request: &str| {
+        let mut s = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        answer
+    };
+    let answer = ask("DUMP JSON 1\n");
+    let (head, body) = answer.split_once('\n').unwrap();
+    assert_eq!(head, format!("OK {}", body.len()));
+    assert_eq!(body, a.plugin.dump(DumpFormat::Json));
+    assert!(body.contains("\"direction\":\"out\",\"spi\":769,\"transform\":\"aes128-sha1\",\"seq\":7"), "{body}");
+    assert!(ask("DUMP TEXT 1\n").contains("esp    out spi 0x00000301"));
+    // Stopping removes the socket; serving the same path again works.
+    a.plugin.control_listen(None).unwrap();
+    assert!(!path.exists());
+    a.plugin.control_listen(Some(&path)).unwrap();
+    assert!(path.exists());
+    // Another instance cannot take a path that is being served.
+    assert!(matches!(b.plugin.control_listen(Some(&path)), Err(ipsec_plugin::Error::ControlIo { .. })));
 }
