@@ -13,6 +13,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -32,6 +33,9 @@ static struct {
     __typeof__(ipsec_plugin_reload) *reload;
     __typeof__(ipsec_plugin_install_keys) *install_keys;
     __typeof__(ipsec_plugin_dump) *dump;
+    __typeof__(ipsec_plugin_set_link_mtu) *set_link_mtu;
+    __typeof__(ipsec_plugin_overhead) *overhead;
+    __typeof__(ipsec_plugin_control_listen) *control_listen;
 } lib;
 
 static int checks, failures;
@@ -375,6 +379,9 @@ int main(int argc, char **argv) {
     LOAD(dl, reload, "ipsec_plugin_reload");
     LOAD(dl, install_keys, "ipsec_plugin_install_keys");
     LOAD(dl, dump, "ipsec_plugin_dump");
+    LOAD(dl, set_link_mtu, "ipsec_plugin_set_link_mtu");
+    LOAD(dl, overhead, "ipsec_plugin_overhead");
+    LOAD(dl, control_listen, "ipsec_plugin_control_listen");
 
     CHECK(lib.abi_version() == IPSEC_ABI_VERSION, "library ABI %u, header %u",
           lib.abi_version(), IPSEC_ABI_VERSION);
@@ -416,6 +423,20 @@ int main(int argc, char **argv) {
     build_echo(plain, ADDR_A, ADDR_B, 8, 1);
     CHECK(round_trip(a, b, plain, 1), "echo request a -> b arrives intact");
     batch_round_trip(a, b);
+
+    /* MTU, overhead and the control socket. */
+    uint32_t overhead = 0;
+    CHECK(lib.overhead(a, &overhead) == IPSEC_OK && overhead == 53, "ESP aes128-sha1 overhead %u, want 53", overhead);
+    CHECK(lib.overhead(a, NULL) == IPSEC_ERR_NULL, "overhead NULL");
+    CHECK(lib.set_link_mtu(a, 1400) == IPSEC_OK, "set_link_mtu 1400");
+    CHECK(lib.set_link_mtu(a, 10) == IPSEC_ERR_INVALID, "set_link_mtu 10");
+    char sock[4096];
+    snprintf(sock, sizeof sock, "%s/control.sock", dir);
+    CHECK(lib.control_listen(a, sock) == IPSEC_OK, "control_listen");
+    CHECK(access(sock, F_OK) == 0, "the control socket exists");
+    CHECK(lib.control_listen(b, sock) == IPSEC_ERR_CONTROL_IO, "a served path is refused");
+    CHECK(lib.control_listen(a, NULL) == IPSEC_OK, "control_listen NULL stops");
+    CHECK(access(sock, F_OK) != 0, "the control socket is gone");
     build_echo(plain, ADDR_B, ADDR_A, 0, 1);
     CHECK(round_trip(b, a, plain, 1), "echo reply b -> a arrives intact");
 
