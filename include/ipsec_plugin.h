@@ -408,6 +408,15 @@ ipsec_status ipsec_plugin_overhead(const ipsec_plugin *plugin, uint32_t *bytes);
 ipsec_status ipsec_plugin_control_listen(const ipsec_plugin *plugin, const char *path);
 
 /**
+ * Housekeeping for a host timer, about once a second: drops packets held for keys whose
+ * time is up (they would otherwise wait until the next packet or key for their bundle).
+ *
+ * # Safety
+ * `plugin` is NULL or a live handle.
+ */
+ipsec_status ipsec_plugin_tick(const ipsec_plugin *plugin);
+
+/**
  * Re-reads ipsec.cfg. `IPSEC_CONFIG_PARTIAL` as for `ipsec_plugin_new`.
  *
  * # Safety

@@ -9,6 +9,8 @@ use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::acquire::{Acquire, HeldQueue};
+use crate::config::Keying;
 use crate::log::{EventLog, Level};
 use crate::sad::{ReplayError, Sa, SaProto, SaTransform};
 use crate::spd::{BundleList, BundlePolicy, FlowKey, SaSet, Spd};
@@ -36,6 +38,8 @@ pub struct Context {
     link_mtu: AtomicU32,
     /// ICMP errors sent in the current second (RFC 1812 section 4.3.2.8: rate-limited).
     icmp_budget: Mutex<(u64, u32)>,
+    /// Packets of IKE bundles waiting for their SAs.
+    pub held: Mutex<HeldQueue>,
 }
 
 /// Default link MTU: Ethernet.
@@ -52,11 +56,56 @@ impl Context {
             host,
             link_mtu: AtomicU32::new(DEFAULT_LINK_MTU),
             icmp_budget: Mutex::new((0, 0)),
+            held: Mutex::new(HeldQueue::default()),
         }
     }
 
     fn next_ident(&self) -> u16 {
         self.ident.fetch_add(1, Ordering::Relaxed) as u16
+    }
+
+    pub fn held(&self) -> std::sync::MutexGuard<'_, HeldQueue> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps the packet until the bundle's SAs arrive, and asks for them.
+    fn hold(&self, b: &BundlePolicy, resume_at: usize, pkt: &PacketBuf<'_>) -> Verdict {
+        let now = self.now_ms();
+        let result = self.held().hold(b.name(), pkt.data(), resume_at, now);
+        match result {
+            Ok(Acquire::Send) => {
+                let f = pkt.flow();
+                self.log.event(
+                    Level::Ike,
+                    b.name(),
+                    "acquire",
+                    format_args!("ACQUIRE: no SAs for {} -> {} (protocol {}), packet held for keys", f.src, f.dst, f.protocol),
+                );
+                Verdict::Held
+            }
+            Ok(Acquire::Pending) => Verdict::Held,
+            Err(why) => self.drop_packet(DropReason::NoSa, Some(b), None, format_args!("no SAs yet and the hold queue is full ({why:?})")),
+        }
+    }
+
+    /// Drops packets held longer than `acquire::HOLD_MS`, logged per bundle.
+    pub fn expire_held(&self, spd: &Spd, now_ms: u64) {
+        let expired = self.held().expire(now_ms);
+        for (bundle, n) in expired {
+            self.report_lost_held(spd, &bundle, n, "no keys arrived in time");
+        }
+    }
+
+    /// Counts and logs held packets that will never be sent.
+    pub fn report_lost_held(&self, spd: &Spd, bundle: &str, n: usize, why: &str) {
+        let b = spd.find(bundle);
+        for _ in 0..n {
+            self.global.count_drop(DropReason::AcquireFailed);
+            if let Some(b) = b {
+                b.counters.count_drop(DropReason::AcquireFailed);
+            }
+        }
+        self.log.event(Level::Ike, bundle, "acquire", format_args!("{n} held packets dropped: {why}"));
     }
 
     pub fn now_ms(&self) -> u64 {
@@ -222,7 +271,13 @@ fn is_ike(pkt: &PacketBuf<'_>) -> bool {
 /// Offers the packet to every bundle in file order; each one whose selectors match the
 /// packet as it is at that point transforms it.
 pub fn outbound(spd: &Spd, ctx: &Context, pkt: &mut PacketBuf<'_>) -> Verdict {
-    outbound_one(spd, ctx, pkt, None)
+    outbound_one(spd, ctx, pkt, 0, None)
+}
+
+/// `outbound` for a held packet, from the bundle that held it on (the ones before it were
+/// applied before it was held).
+pub fn outbound_resume(spd: &Spd, ctx: &Context, pkt: &mut PacketBuf<'_>, resume_at: usize) -> Verdict {
+    outbound_one(spd, ctx, pkt, resume_at, None)
 }
 
 /// The largest batch `outbound_batch` works on at once; longer slices go in chunks.
@@ -235,7 +290,7 @@ pub fn outbound_batch(spd: &Spd, ctx: &Context, pkts: &mut [PacketBuf<'_>], verd
     for (pkts, verdicts) in pkts.chunks_mut(MAX_BATCH).zip(verdicts.chunks_mut(MAX_BATCH)) {
         let mut deferred = Deferred { items: [None; MAX_BATCH] };
         for (i, (pkt, verdict)) in pkts.iter_mut().zip(verdicts.iter_mut()).enumerate() {
-            *verdict = outbound_one(spd, ctx, pkt, Some((&mut deferred, i)));
+            *verdict = outbound_one(spd, ctx, pkt, 0, Some((&mut deferred, i)));
         }
         deferred.seal_all(ctx, pkts, verdicts);
     }
@@ -322,7 +377,13 @@ fn seal_region(d: &DeferredSeal<'_>, buf: &mut [u8]) -> Result<(), DropReason> {
 
 type DeferSlot<'a, 's> = Option<(&'a mut Deferred<'s>, usize)>;
 
-fn outbound_one<'s>(spd: &'s Spd, ctx: &Context, pkt: &mut PacketBuf<'_>, mut defer: DeferSlot<'_, 's>) -> Verdict {
+fn outbound_one<'s>(
+    spd: &'s Spd,
+    ctx: &Context,
+    pkt: &mut PacketBuf<'_>,
+    start: usize,
+    mut defer: DeferSlot<'_, 's>,
+) -> Verdict {
     if let Err(reason) = pkt.check_ipv4() {
         return ctx.drop_packet(reason, None, None, format_args!("outbound packet is not IPv4"));
     }
@@ -337,7 +398,7 @@ fn outbound_one<'s>(spd: &'s Spd, ctx: &Context, pkt: &mut PacketBuf<'_>, mut de
     let orig_len = pkt.len;
     let mut overhead = 0;
     let mut first_bundle = None;
-    for b in &spd.bundles {
+    for (index, b) in spd.bundles.iter().enumerate().skip(start) {
         let flow = pkt.flow();
         let Some(sel) = &b.selector else {
             // The bundle's own address is not known yet; what it would protect must not
@@ -357,6 +418,13 @@ fn outbound_one<'s>(spd: &'s Spd, ctx: &Context, pkt: &mut PacketBuf<'_>, mut de
             continue;
         }
         let Some(sas) = &b.outbound else {
+            if let Keying::Ike(_) = b.config.keying {
+                // What is held must be the packet as far as it got, encrypted included.
+                if let Err(reason) = seal_pending(&mut defer, pkt) {
+                    return ctx.drop_packet(reason, Some(b), None, format_args!("sealing before hold"));
+                }
+                return ctx.hold(b, index, pkt);
+            }
             return ctx.drop_packet(
                 DropReason::NoSa,
                 Some(b),

@@ -680,6 +680,23 @@ pub unsafe extern "C" fn ipsec_plugin_control_listen(plugin: *const ipsec_plugin
     })
 }
 
+/// Housekeeping for a host timer, about once a second: drops packets held for keys whose
+/// time is up (they would otherwise wait until the next packet or key for their bundle).
+///
+/// # Safety
+/// `plugin` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn ipsec_plugin_tick(plugin: *const ipsec_plugin) -> ipsec_status {
+    guard_status(|| {
+        // SAFETY: NULL or a live handle per the contract.
+        let Some(handle) = (unsafe { plugin.as_ref() }) else {
+            return ipsec_status::IPSEC_ERR_NULL;
+        };
+        handle.plugin.tick();
+        ipsec_status::IPSEC_OK
+    })
+}
+
 /// Re-reads ipsec.cfg. `IPSEC_CONFIG_PARTIAL` as for `ipsec_plugin_new`.
 ///
 /// # Safety

@@ -6,6 +6,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod acquire;
 pub mod config;
 pub mod control;
 pub mod crypto;
@@ -357,8 +358,51 @@ impl Plugin {
                 format_args!("SA installed: {} {} SPI 0x{:08x} {}", if sa.inbound { "in" } else { "out" }, sa.proto, sa.spi, sa.transform.description()),
             );
         }
-        *self.spd.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(spd);
+        let spd = Arc::new(spd);
+        *self.spd.write().unwrap_or_else(|e| e.into_inner()) = Arc::clone(&spd);
+        drop(control);
+        self.release_held(&spd, bundle);
         Ok(())
+    }
+
+    /// Sends on the packets held for `bundle` now that it has SAs (or drops those whose
+    /// time is up), through the host's `emit_packet`.
+    fn release_held(&self, spd: &Spd, bundle: &str) {
+        let now = self.host.now_ms();
+        self.ctx.expire_held(spd, now);
+        let held = self.ctx.held().take(bundle);
+        if held.is_empty() {
+            return;
+        }
+        let (mut sent, mut lost) = (0, 0);
+        for h in held {
+            let mut buf = vec![0u8; MIN_HEADROOM_PER_BUNDLE * 4 + h.bytes.len() + MIN_TAILROOM_PER_BUNDLE * 4];
+            let offset = MIN_HEADROOM_PER_BUNDLE * 4;
+            buf[offset..offset + h.bytes.len()].copy_from_slice(&h.bytes);
+            let mut pkt = PacketBuf { buf: &mut buf, offset, len: h.bytes.len() };
+            match engine::outbound_resume(spd, &self.ctx, &mut pkt, h.resume_at) {
+                Verdict::Transformed | Verdict::Pass => {
+                    self.host.emit_packet(Direction::Outbound, &pkt.buf[pkt.offset..pkt.offset + pkt.len]);
+                    sent += 1;
+                }
+                Verdict::Drop | Verdict::Held => lost += 1,
+            }
+        }
+        self.log().event(Level::Ike, bundle, "acquire", format_args!("keys arrived: {sent} held packets sent, {lost} dropped"));
+    }
+
+    /// The keying daemon could not key `bundle`: its held packets are dropped.
+    pub fn keying_failed(&self, bundle: &str, why: &str) {
+        let spd = self.current();
+        let n = self.ctx.held().take(bundle).len();
+        self.ctx.report_lost_held(&spd, bundle, n, why);
+    }
+
+    /// Housekeeping the host may call now and then (once a second is plenty): drops held
+    /// packets whose time for keys is up.
+    pub fn tick(&self) {
+        let spd = self.current();
+        self.ctx.expire_held(&spd, self.host.now_ms());
     }
 
     /// The MTU of the link protected packets leave on (default 1500). Outbound packets

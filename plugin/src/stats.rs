@@ -47,10 +47,12 @@ pub enum DropReason {
     TooBig,
     /// ESP in UDP for a bundle without `udp_encap`, or plain ESP for one with it.
     WrongEncapsulation,
+    /// Held for keys that did not arrive in time (or keying failed).
+    AcquireFailed,
 }
 
 impl DropReason {
-    pub const COUNT: usize = 19;
+    pub const COUNT: usize = 20;
     pub const ALL: [DropReason; DropReason::COUNT] = [
         DropReason::Malformed,
         DropReason::Truncated,
@@ -71,6 +73,7 @@ impl DropReason {
         DropReason::Dummy,
         DropReason::TooBig,
         DropReason::WrongEncapsulation,
+        DropReason::AcquireFailed,
     ];
 
     pub fn name(self) -> &'static str {
@@ -94,6 +97,7 @@ impl DropReason {
             DropReason::Dummy => "dummy",
             DropReason::TooBig => "too_big",
             DropReason::WrongEncapsulation => "wrong_encapsulation",
+            DropReason::AcquireFailed => "acquire_failed",
         }
     }
 
@@ -101,7 +105,12 @@ impl DropReason {
     pub fn is_security_event(self) -> bool {
         !matches!(
             self,
-            DropReason::NoRoom | DropReason::NoSa | DropReason::Dummy | DropReason::SeqExhausted | DropReason::TooBig
+            DropReason::NoRoom
+                | DropReason::NoSa
+                | DropReason::Dummy
+                | DropReason::SeqExhausted
+                | DropReason::TooBig
+                | DropReason::AcquireFailed
         )
     }
 

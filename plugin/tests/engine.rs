@@ -545,10 +545,17 @@ keying = ike
 ";
     let (a, b) = pair("gcm", cfg);
     let p = udp([192, 0, 2, 1], [192, 0, 2, 2], 500);
-    assert_eq!(out(&a, &p).0, Verdict::Drop, "no SAs yet: nothing leaves in clear");
+    // No SAs yet: nothing leaves in clear; the packet waits for keys.
+    assert_eq!(out(&a, &p).0, Verdict::Held);
+    assert!(a.log().contains("[IKE][gcm][ACQUIRE: no SAs for 192.0.2.1 -> 192.0.2.2"));
     let keys = "esp_spi_out = 0x1001\nesp_spi_in = 0x1002\nesp_enc_key_out = 0x000102030405060708090a0b0c0d0e0f10111213\nesp_enc_key_in = 0x202122232425262728292a2b2c2d2e2f30313233\n";
     a.plugin.install_keys("gcm", keys).unwrap();
     b.plugin.install_keys("gcm", &keys.replace("_out", "_TMP").replace("_in", "_out").replace("_TMP", "_in")).unwrap();
+    // The held packet went out through emit_packet as soon as the keys were there.
+    let emitted = a.host.emitted.lock().unwrap().clone();
+    assert_eq!(emitted.len(), 1);
+    assert_eq!(emitted[0].0, Direction::Outbound);
+    assert_eq!(inp(&b, &emitted[0].1), (Verdict::Transformed, p.clone()));
     let (v, w) = out(&a, &p);
     assert_eq!(v, Verdict::Transformed);
     assert_eq!(inp(&b, &w), (Verdict::Transformed, p));
@@ -788,4 +795,28 @@ fn control_socket_serves_the_live_table() {
     assert!(path.exists());
     // Another instance cannot take a path that is being served.
     assert!(matches!(b.plugin.control_listen(Some(&path)), Err(ipsec_plugin::Error::ControlIo { .. })));
+}
+
+#[test]
+fn held_packets_are_bounded_and_dropped_when_keying_fails() {
+    let cfg = "
+[later]
+local = 192.0.2.1
+remote = 192.0.2.2
+esp = aes128-sha1
+keying = ike
+";
+    let (a, _) = pair("held", cfg);
+    let p = udp([192, 0, 2, 1], [192, 0, 2, 2], 100);
+    for _ in 0..ipsec_plugin::acquire::MAX_HELD_PER_BUNDLE {
+        assert_eq!(out(&a, &p).0, Verdict::Held);
+    }
+    assert_eq!(out(&a, &p).0, Verdict::Drop, "the queue is bounded");
+    assert_eq!(a.global_drops("no_sa"), 1);
+    // One ACQUIRE for the burst, not one per packet.
+    assert_eq!(a.log().matches("ACQUIRE").count(), 1);
+    a.plugin.keying_failed("later", "peer did not answer");
+    assert_eq!(a.global_drops("acquire_failed"), ipsec_plugin::acquire::MAX_HELD_PER_BUNDLE as u64);
+    assert!(a.log().contains("held packets dropped: peer did not answer"));
+    assert!(a.host.emitted.lock().unwrap().is_empty());
 }
