@@ -29,9 +29,11 @@ fn port(p: Option<u16>) -> String {
     p.map_or_else(|| "any".into(), |p| p.to_string())
 }
 
-/// Outbound SAs first, then inbound, each in the order they are applied outbound.
-fn sas(b: &BundlePolicy) -> impl Iterator<Item = &Sa> {
-    b.outbound.iter().chain(b.inbound.iter()).flat_map(SaSet::iter).map(|a| &**a)
+/// Outbound SAs first, then inbound, then superseded inbound ones, each in the order they
+/// are applied outbound.
+fn sas(b: &BundlePolicy) -> impl Iterator<Item = (&Sa, bool)> {
+    let current = b.outbound.iter().chain(b.inbound.iter()).flat_map(SaSet::iter).map(|a| (&**a, false));
+    current.chain(b.retired.iter().flat_map(SaSet::iter).map(|a| (&**a, true)))
 }
 
 fn drops(c: &Counters) -> String {
@@ -74,8 +76,8 @@ pub fn text(spd: &Spd, global: &Counters, now_ms: u64) -> String {
             }
             None => s.push_str("  selector (waits for the host's address)\n"),
         }
-        for sa in sas(b) {
-            let dir = if sa.inbound { "in " } else { "out" };
+        for (sa, superseded) in sas(b) {
+            let dir = if superseded { "old" } else if sa.inbound { "in " } else { "out" };
             let id = if sa.proto == crate::sad::SaProto::IpComp { format!("cpi 0x{:04x}", sa.spi) } else { format!("spi 0x{:08x}", sa.spi) };
             let seq = if sa.proto == crate::sad::SaProto::IpComp {
                 // IPComp has no sequence numbers; its packet count is what there is to see.
@@ -142,7 +144,7 @@ pub fn json(spd: &Spd, global: &Counters, now_ms: u64) -> String {
     let mut bundles = Vec::new();
     for b in &spd.bundles {
         let mut sa_items = Vec::new();
-        for sa in sas(b) {
+        for (sa, superseded) in sas(b) {
             let (window, seq) = if sa.inbound {
                 let w = sa.replay();
                 (w.size().to_string(), u64::from(w.top()))
@@ -150,7 +152,7 @@ pub fn json(spd: &Spd, global: &Counters, now_ms: u64) -> String {
                 ("null".to_string(), sa.last_seq())
             };
             sa_items.push(format!(
-                "{{\"protocol\":{},\"direction\":{},\"spi\":{},\"transform\":{},\"seq\":{},\"replay_window\":{},\"packets\":{},\"bytes\":{},\"age_secs\":{},\"drops\":{}}}",
+                "{{\"protocol\":{},\"direction\":{},\"superseded\":{superseded},\"spi\":{},\"transform\":{},\"seq\":{},\"replay_window\":{},\"packets\":{},\"bytes\":{},\"age_secs\":{},\"drops\":{}}}",
                 json_str(sa.proto.name()),
                 json_str(if sa.inbound { "in" } else { "out" }),
                 sa.spi,

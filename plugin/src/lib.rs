@@ -228,11 +228,7 @@ impl Plugin {
     fn rebuild(&self, control: &ControlState) -> usize {
         let old = self.current();
         let (spd, errors) = Spd::build(&control.bundles, control.dynamic_local, self.host.now_ms(), |b| {
-            old.find(&b.name).filter(|p| p.config == *b).map(|p| Carried {
-                outbound: p.outbound.clone(),
-                inbound: p.inbound.clone(),
-                counters: Arc::clone(&p.counters),
-            })
+            old.find(&b.name).filter(|p| p.config == *b).map(Carried::from)
         });
         for e in &errors {
             self.log().event(Level::Err, &e.bundle, "activate", format_args!("bundle not activated: {}", e.message));
@@ -338,14 +334,16 @@ impl Plugin {
         let old = self.current();
         let (spd, errors) = Spd::build(&control.bundles, control.dynamic_local, self.host.now_ms(), |c| {
             if c.name == bundle {
-                let counters = old.find(bundle).map(|p| Arc::clone(&p.counters)).unwrap_or_default();
-                return Some(Carried { outbound: Some(outbound.clone()), inbound: Some(inbound.clone()), counters });
+                // A rekey: send on the new SAs at once, accept on the old ones meanwhile.
+                let previous = old.find(bundle);
+                return Some(Carried {
+                    outbound: Some(outbound.clone()),
+                    inbound: Some(inbound.clone()),
+                    retired: previous.and_then(|p| p.inbound.clone()),
+                    counters: previous.map(|p| Arc::clone(&p.counters)).unwrap_or_default(),
+                });
             }
-            old.find(&c.name).filter(|p| p.config == *c).map(|p| Carried {
-                outbound: p.outbound.clone(),
-                inbound: p.inbound.clone(),
-                counters: Arc::clone(&p.counters),
-            })
+            old.find(&c.name).filter(|p| p.config == *c).map(Carried::from)
         });
         if let Some(e) = errors.iter().find(|e| e.bundle == bundle) {
             return Err(Error::Keys(e.message.clone()));

@@ -104,6 +104,10 @@ pub struct BundlePolicy {
     pub selector: Option<Selector>,
     pub outbound: Option<SaSet>,
     pub inbound: Option<SaSet>,
+    /// The inbound SAs of the previous keys after a rekey: packets the peer sent before it
+    /// switched are still in flight, so they are accepted until the next rekey retires
+    /// these (or the keys are deleted). Nothing is ever sent on them.
+    pub retired: Option<SaSet>,
     pub counters: Arc<Counters>,
     /// The most bytes this bundle adds to a packet (see `worst_case_overhead`).
     pub overhead: usize,
@@ -195,7 +199,21 @@ pub struct ActivationError {
 pub struct Carried {
     pub outbound: Option<SaSet>,
     pub inbound: Option<SaSet>,
+    /// Inbound SAs replaced by newer keys, still accepted (see `BundlePolicy::retired`).
+    pub retired: Option<SaSet>,
     pub counters: Arc<Counters>,
+}
+
+impl Carried {
+    /// Everything of a bundle that survives a rebuild unchanged.
+    pub fn from(p: &BundlePolicy) -> Carried {
+        Carried {
+            outbound: p.outbound.clone(),
+            inbound: p.inbound.clone(),
+            retired: p.retired.clone(),
+            counters: Arc::clone(&p.counters),
+        }
+    }
 }
 
 impl Spd {
@@ -212,17 +230,17 @@ impl Spd {
         let mut spd = Spd { bundles: Vec::with_capacity(bundles.len()), sad: Sad::default() };
         let mut errors = Vec::new();
         for b in bundles {
-            let (outbound, inbound, counters) = match carried(b) {
-                Some(c) => (c.outbound, c.inbound, c.counters),
+            let (outbound, inbound, retired, counters) = match carried(b) {
+                Some(c) => (c.outbound, c.inbound, c.retired, c.counters),
                 None => match &b.keying {
                     Keying::Manual(keys) => match build_sa_sets(b, keys, now_ms) {
-                        Ok((o, i)) => (Some(o), Some(i), Arc::default()),
+                        Ok((o, i)) => (Some(o), Some(i), None, Arc::default()),
                         Err(e) => {
                             errors.push(ActivationError { bundle: b.name.clone(), message: e.to_string() });
                             continue;
                         }
                     },
-                    Keying::Ike(_) => (None, None, Arc::default()),
+                    Keying::Ike(_) => (None, None, None, Arc::default()),
                 },
             };
             let index = spd.bundles.len();
@@ -238,6 +256,10 @@ impl Spd {
                     spd.sad.insert(Arc::clone(sa), index);
                 }
             }
+            // An old SPI the new keys happen to reuse belongs to the new SA.
+            for sa in retired.iter().flat_map(SaSet::iter) {
+                spd.sad.insert(Arc::clone(sa), index);
+            }
             let local = if b.local.is_unspecified() { dynamic_local } else { Some(b.local) };
             let selector = local.map(|local| Selector {
                 local: b.local_subnet.unwrap_or(Cidr::host(local)),
@@ -247,7 +269,7 @@ impl Spd {
                 remote_port: b.remote_port,
             });
             let overhead = worst_case_overhead(b);
-            spd.bundles.push(BundlePolicy { config: b.clone(), local, selector, outbound, inbound, counters, overhead });
+            spd.bundles.push(BundlePolicy { config: b.clone(), local, selector, outbound, inbound, retired, counters, overhead });
         }
         (spd, errors)
     }

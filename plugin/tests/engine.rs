@@ -786,7 +786,7 @@ fn control_socket_serves_the_live_table() {
     let (head, body) = answer.split_once('\n').unwrap();
     assert_eq!(head, format!("OK {}", body.len()));
     assert_eq!(body, a.plugin.dump(DumpFormat::Json));
-    assert!(body.contains("\"direction\":\"out\",\"spi\":769,\"transform\":\"aes128-sha1\",\"seq\":7"), "{body}");
+    assert!(body.contains("\"direction\":\"out\",\"superseded\":false,\"spi\":769,\"transform\":\"aes128-sha1\",\"seq\":7"), "{body}");
     assert!(ask("DUMP TEXT 1\n").contains("esp    out spi 0x00000301"));
     // Stopping removes the socket; serving the same path again works.
     a.plugin.control_listen(None).unwrap();
@@ -819,4 +819,48 @@ keying = ike
     assert_eq!(a.global_drops("acquire_failed"), ipsec_plugin::acquire::MAX_HELD_PER_BUNDLE as u64);
     assert!(a.log().contains("held packets dropped: peer did not answer"));
     assert!(a.host.emitted.lock().unwrap().is_empty());
+}
+
+#[test]
+fn rekey_switches_sending_at_once_and_accepts_the_old_sa_meanwhile() {
+    let cfg = "
+[rk]
+local = 192.0.2.1
+remote = 192.0.2.2
+esp = aes128-sha1
+keying = ike
+";
+    let (a, b) = pair("rekey", cfg);
+    let keys = |gen: u32| {
+        format!(
+            "esp_spi_out = 0x{:x}\nesp_spi_in = 0x{:x}\nesp_enc_key_out = 0x{:032x}\nesp_enc_key_in = 0x{:032x}\nesp_auth_key_out = 0x{:040x}\nesp_auth_key_in = 0x{:040x}\n",
+            0x1000 + gen * 2,
+            0x1001 + gen * 2,
+            0x1111_0000 + gen,
+            0x2222_0000 + gen,
+            0x3333_0000 + gen,
+            0x4444_0000 + gen
+        )
+    };
+    let swap = |k: String| k.replace("_out", "_TMP").replace("_in", "_out").replace("_TMP", "_in");
+    a.plugin.install_keys("rk", &keys(1)).unwrap();
+    b.plugin.install_keys("rk", &swap(keys(1))).unwrap();
+    let p = udp([192, 0, 2, 2], [192, 0, 2, 1], 64);
+    let in_flight = out(&b, &p).1;
+    // a rekeys first; b's packet under the old keys is still in flight and must arrive.
+    a.plugin.install_keys("rk", &keys(2)).unwrap();
+    assert_eq!(inp(&a, &in_flight), (Verdict::Transformed, p.clone()));
+    // a sends on the new SA only.
+    let q = udp([192, 0, 2, 1], [192, 0, 2, 2], 64);
+    let w = out(&a, &q).1;
+    assert_eq!(esp::Packet::new_checked(&w[20..]).unwrap().spi(), 0x1004);
+    b.plugin.install_keys("rk", &swap(keys(2))).unwrap();
+    assert_eq!(inp(&b, &w), (Verdict::Transformed, q));
+    assert!(a.plugin.dump(DumpFormat::Text).contains("esp    old spi 0x00001003"));
+    // The next rekey retires generation 2; generation 1 is gone for good.
+    a.plugin.install_keys("rk", &keys(3)).unwrap();
+    let mut stale = in_flight.clone();
+    stale[24..28].copy_from_slice(&9u32.to_be_bytes()); // a fresh sequence number, same SPI
+    assert_eq!(inp(&a, &stale).0, Verdict::Drop);
+    assert_eq!(a.global_drops("unknown_spi"), 1);
 }
