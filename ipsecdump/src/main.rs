@@ -117,7 +117,7 @@ fn main() -> ExitCode {
     for e in &cfg.errors {
         eprintln!("error: {e}");
     }
-    let (spd, activation) = Spd::build(&cfg.bundles, None, 0, |_| None);
+    let (spd, activation) = Spd::build(&cfg.bundles, &cfg.failed, None, 0, |_| None);
     for e in &activation {
         eprintln!("error: [{}] not activated: {}", e.bundle, e.message);
     }

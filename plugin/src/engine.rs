@@ -417,6 +417,14 @@ fn outbound_one<'s>(
         if !sel.matches_outbound(&flow) {
             continue;
         }
+        if b.failed {
+            return ctx.drop_packet(
+                DropReason::BundleFailed,
+                Some(b),
+                None,
+                format_args!("{} -> {}: the bundle's section has errors; its traffic is blocked", flow.src, flow.dst),
+            );
+        }
         let Some(sas) = &b.outbound else {
             if let Keying::Ike(_) = b.config.keying {
                 // What is held must be the packet as far as it got, encrypted included.

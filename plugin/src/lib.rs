@@ -141,6 +141,8 @@ pub struct Plugin {
 
 struct ControlState {
     bundles: Vec<Bundle>,
+    /// Sections with errors that block their traffic (`config::Config::failed`).
+    failed: Vec<Bundle>,
     dynamic_local: Option<Ipv4Addr>,
 }
 
@@ -189,7 +191,7 @@ impl Plugin {
             ctx: Arc::new(Context::new(log, host)),
             spd: Arc::new(RwLock::new(Arc::new(Spd { bundles: Vec::new(), sad: Default::default() }))),
             control_server: Mutex::new(None),
-            control: Mutex::new(ControlState { bundles: Vec::new(), dynamic_local: None }),
+            control: Mutex::new(ControlState { bundles: Vec::new(), failed: Vec::new(), dynamic_local: None }),
         };
         let errors = plugin.apply_config(config);
         Ok((plugin, errors))
@@ -219,6 +221,10 @@ impl Plugin {
         }
         let mut control = self.control();
         control.bundles = config.bundles;
+        control.failed = config.failed;
+        for b in &control.failed {
+            self.log().event(Level::Err, &b.name, "config", format_args!("bundle not activated: its traffic is blocked until the errors are fixed"));
+        }
         let failed = self.rebuild(&control);
         config.errors.len() + failed
     }
@@ -227,7 +233,7 @@ impl Plugin {
     /// not be activated.
     fn rebuild(&self, control: &ControlState) -> usize {
         let old = self.current();
-        let (spd, errors) = Spd::build(&control.bundles, control.dynamic_local, self.host.now_ms(), |b| {
+        let (spd, errors) = Spd::build(&control.bundles, &control.failed, control.dynamic_local, self.host.now_ms(), |b| {
             old.find(&b.name).filter(|p| p.config == *b).map(Carried::from)
         });
         for e in &errors {
@@ -332,7 +338,7 @@ impl Plugin {
         let (outbound, inbound) =
             spd::build_sa_sets(b, &sa_keys, self.host.now_ms()).map_err(|e| Error::Keys(e.to_string()))?;
         let old = self.current();
-        let (spd, errors) = Spd::build(&control.bundles, control.dynamic_local, self.host.now_ms(), |c| {
+        let (spd, errors) = Spd::build(&control.bundles, &control.failed, control.dynamic_local, self.host.now_ms(), |c| {
             if c.name == bundle {
                 // A rekey: send on the new SAs at once, accept on the old ones meanwhile.
                 let previous = old.find(bundle);

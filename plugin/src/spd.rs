@@ -83,6 +83,8 @@ pub enum BundleState {
     AwaitingAddress,
     /// `keying = ike` and no SAs installed yet.
     AwaitingKeys,
+    /// The section has errors: never carries traffic, blocks what its selectors cover.
+    Failed,
 }
 
 impl BundleState {
@@ -91,6 +93,7 @@ impl BundleState {
             BundleState::Active => "active",
             BundleState::AwaitingAddress => "awaiting-address",
             BundleState::AwaitingKeys => "awaiting-keys",
+            BundleState::Failed => "failed (blocks its traffic)",
         }
     }
 }
@@ -111,6 +114,8 @@ pub struct BundlePolicy {
     pub counters: Arc<Counters>,
     /// The most bytes this bundle adds to a packet (see `worst_case_overhead`).
     pub overhead: usize,
+    /// A section with errors (`config::Config::failed`): its traffic is dropped, fail closed.
+    pub failed: bool,
 }
 
 /// The most bytes a bundle can add to one packet: tunnel header, ESP header, IV, the
@@ -148,7 +153,9 @@ impl BundlePolicy {
     }
 
     pub fn state(&self) -> BundleState {
-        if self.selector.is_none() {
+        if self.failed {
+            BundleState::Failed
+        } else if self.selector.is_none() {
             BundleState::AwaitingAddress
         } else if self.outbound.is_none() {
             BundleState::AwaitingKeys
@@ -217,27 +224,34 @@ impl Carried {
 }
 
 impl Spd {
-    /// Builds the policy from activated bundles. `carried(b)` supplies the SAs of a bundle
-    /// whose configuration did not change (None: build its SAs from its manual keys).
-    /// Bundles that cannot be activated (bad key material, a clashing inbound SPI) are
-    /// left out and reported.
+    /// Builds the policy from activated bundles and, in their places in file order (by
+    /// line), the failed sections that block their traffic. `carried(b)` supplies the SAs
+    /// of a bundle whose configuration did not change (None: build its SAs from its manual
+    /// keys). Bundles that cannot be activated (bad key material, a clashing inbound SPI)
+    /// block their traffic too, and are reported.
     pub fn build(
         bundles: &[Bundle],
+        failed: &[Bundle],
         dynamic_local: Option<Ipv4Addr>,
         now_ms: u64,
         mut carried: impl FnMut(&Bundle) -> Option<Carried>,
     ) -> (Spd, Vec<ActivationError>) {
-        let mut spd = Spd { bundles: Vec::with_capacity(bundles.len()), sad: Sad::default() };
+        let mut spd = Spd { bundles: Vec::with_capacity(bundles.len() + failed.len()), sad: Sad::default() };
         let mut errors = Vec::new();
-        for b in bundles {
+        let mut all: Vec<(&Bundle, bool)> = bundles.iter().map(|b| (b, false)).chain(failed.iter().map(|b| (b, true))).collect();
+        all.sort_by_key(|(b, _)| b.line);
+        for (b, is_failed) in all {
+            let mut is_failed = is_failed;
             let (outbound, inbound, retired, counters) = match carried(b) {
+                _ if is_failed => (None, None, None, Arc::default()),
                 Some(c) => (c.outbound, c.inbound, c.retired, c.counters),
                 None => match &b.keying {
                     Keying::Manual(keys) => match build_sa_sets(b, keys, now_ms) {
                         Ok((o, i)) => (Some(o), Some(i), None, Arc::default()),
                         Err(e) => {
                             errors.push(ActivationError { bundle: b.name.clone(), message: e.to_string() });
-                            continue;
+                            is_failed = true;
+                            (None, None, None, Arc::default())
                         }
                     },
                     Keying::Ike(_) => (None, None, None, Arc::default()),
@@ -250,6 +264,19 @@ impl Spd {
                         bundle: b.name.clone(),
                         message: format!("inbound {} SPI 0x{:x} is already used by another bundle", clash.proto, clash.spi),
                     });
+                    let overhead = 0;
+                    let (local, selector) = resolve(b, dynamic_local);
+                    spd.bundles.push(BundlePolicy {
+                        config: b.clone(),
+                        local,
+                        selector,
+                        outbound: None,
+                        inbound: None,
+                        retired: None,
+                        counters,
+                        overhead,
+                        failed: true,
+                    });
                     continue;
                 }
                 for sa in set.iter() {
@@ -260,16 +287,19 @@ impl Spd {
             for sa in retired.iter().flat_map(SaSet::iter) {
                 spd.sad.insert(Arc::clone(sa), index);
             }
-            let local = if b.local.is_unspecified() { dynamic_local } else { Some(b.local) };
-            let selector = local.map(|local| Selector {
-                local: b.local_subnet.unwrap_or(Cidr::host(local)),
-                remote: b.remote_subnet.unwrap_or(Cidr::host(b.remote)),
-                protocol: b.protocol,
-                local_port: b.local_port,
-                remote_port: b.remote_port,
+            let (local, selector) = resolve(b, dynamic_local);
+            let overhead = if is_failed { 0 } else { worst_case_overhead(b) };
+            spd.bundles.push(BundlePolicy {
+                config: b.clone(),
+                local,
+                selector,
+                outbound,
+                inbound,
+                retired,
+                counters,
+                overhead,
+                failed: is_failed,
             });
-            let overhead = worst_case_overhead(b);
-            spd.bundles.push(BundlePolicy { config: b.clone(), local, selector, outbound, inbound, retired, counters, overhead });
         }
         (spd, errors)
     }
@@ -332,6 +362,19 @@ impl Spd {
             f.ports = None;
         }
     }
+}
+
+/// This end's address for a bundle, and its selectors once that address is known.
+fn resolve(b: &Bundle, dynamic_local: Option<Ipv4Addr>) -> (Option<Ipv4Addr>, Option<Selector>) {
+    let local = if b.local.is_unspecified() { dynamic_local } else { Some(b.local) };
+    let selector = local.map(|local| Selector {
+        local: b.local_subnet.unwrap_or(Cidr::host(local)),
+        remote: b.remote_subnet.unwrap_or(Cidr::host(b.remote)),
+        protocol: b.protocol,
+        local_port: b.local_port,
+        remote_port: b.remote_port,
+    });
+    (local, selector)
 }
 
 /// A short list of bundle indices, without allocating.

@@ -49,10 +49,12 @@ pub enum DropReason {
     WrongEncapsulation,
     /// Held for keys that did not arrive in time (or keying failed).
     AcquireFailed,
+    /// Traffic of a bundle whose section has errors: blocked, never sent in clear.
+    BundleFailed,
 }
 
 impl DropReason {
-    pub const COUNT: usize = 20;
+    pub const COUNT: usize = 21;
     pub const ALL: [DropReason; DropReason::COUNT] = [
         DropReason::Malformed,
         DropReason::Truncated,
@@ -74,6 +76,7 @@ impl DropReason {
         DropReason::TooBig,
         DropReason::WrongEncapsulation,
         DropReason::AcquireFailed,
+        DropReason::BundleFailed,
     ];
 
     pub fn name(self) -> &'static str {
@@ -98,6 +101,7 @@ impl DropReason {
             DropReason::TooBig => "too_big",
             DropReason::WrongEncapsulation => "wrong_encapsulation",
             DropReason::AcquireFailed => "acquire_failed",
+            DropReason::BundleFailed => "bundle_failed",
         }
     }
 
@@ -111,6 +115,7 @@ impl DropReason {
                 | DropReason::SeqExhausted
                 | DropReason::TooBig
                 | DropReason::AcquireFailed
+                | DropReason::BundleFailed
         )
     }
 

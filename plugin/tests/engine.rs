@@ -864,3 +864,34 @@ keying = ike
     assert_eq!(inp(&a, &stale).0, Verdict::Drop);
     assert_eq!(a.global_drops("unknown_spi"), 1);
 }
+
+#[test]
+fn a_bundle_with_errors_blocks_its_traffic_instead_of_leaking_it() {
+    let dir = temp_dir("failclosed");
+    // The second bundle's key is one byte short: not activated, but its selectors are known.
+    let broken = ESP_ONLY
+        .replace("[hosts]", "[broken]")
+        .replace("192.0.2.2", "192.0.2.3")
+        .replace("0x301", "0x311")
+        .replace("0x302", "0x312")
+        .replace("esp_enc_key_out = 0x00112233445566778899aabbccddeeff", "esp_enc_key_out = 0x00112233445566778899aabbccddee");
+    std::fs::create_dir_all(dir.join("a")).unwrap();
+    std::fs::write(dir.join("a/ipsec.cfg"), format!("{ESP_ONLY}{broken}")).unwrap();
+    let host = Arc::new(TestHost::default());
+    let options = Options { config_path: dir.join("a"), log_path: None, log_max_bytes: 0, debug: false };
+    let (plugin, errors) = Plugin::open(options, host.clone() as Arc<dyn Host>).unwrap();
+    assert_eq!(errors, 1);
+    let a = Machine { plugin, host, dir: dir.join("a") };
+    assert!(a.log().contains("[ERR][broken][bundle not activated: its traffic is blocked"));
+    assert!(a.plugin.dump(DumpFormat::Text).contains("[broken] transport 192.0.2.1 <-> 192.0.2.3  keying manual  state failed"));
+    // Its traffic neither leaves in clear nor is accepted in clear.
+    let p = udp([192, 0, 2, 1], [192, 0, 2, 3], 20);
+    assert_eq!(out(&a, &p).0, Verdict::Drop);
+    assert_eq!(a.global_drops("bundle_failed"), 1);
+    let q = udp([192, 0, 2, 3], [192, 0, 2, 1], 20);
+    assert_eq!(inp(&a, &q).0, Verdict::Drop);
+    assert_eq!(a.global_drops("policy_violation"), 1);
+    // The good bundle works, and unrelated traffic passes.
+    assert_eq!(out(&a, &udp([192, 0, 2, 1], [192, 0, 2, 2], 20)).0, Verdict::Transformed);
+    assert_eq!(out(&a, &udp([192, 0, 2, 1], [192, 0, 2, 9], 20)).0, Verdict::Pass);
+}

@@ -119,11 +119,42 @@ impl<'a, 't> Check<'a, 't> {
 
 /// Checks one ipsec.cfg section; `accepted` are the bundles activated before it (for SPI
 /// clashes). Returns the bundle when the section has no error at all.
+/// What became of a section.
+pub(super) enum Checked {
+    Active(Bundle),
+    /// Not activated. `Some` when its name, endpoints and selectors are known: that traffic
+    /// is then blocked rather than let through in clear (see `Config::failed`).
+    Failed(Option<Bundle>),
+}
+
+/// A bundle that carries no SAs, only what its selectors cover: for a section with errors.
+fn blocking(section: &Section, endpoints: &Result<(Ipv4Addr, Ipv4Addr), Bad>, sel: &Result<Selectors, Bad>) -> Option<Bundle> {
+    let (Some(name), Ok((local, remote)), Ok(sel)) = (&section.name, endpoints, sel) else { return None };
+    Some(Bundle {
+        name: name.clone(),
+        line: section.line,
+        local: *local,
+        remote: *remote,
+        mode: sel.mode,
+        local_subnet: sel.local_subnet,
+        remote_subnet: sel.remote_subnet,
+        protocol: sel.protocol,
+        local_port: sel.local_port,
+        remote_port: sel.remote_port,
+        esp: None,
+        ah: None,
+        ipcomp: false,
+        keying: Keying::Manual(SaKeys::default()),
+        replay_window: 0,
+        udp_encap: false,
+    })
+}
+
 pub(super) fn check_section(
     section: &Section,
     accepted: &[Bundle],
     diags: &mut Diags,
-) -> Option<Bundle> {
+) -> Checked {
     let mut c = Check::new(section, diags);
     let kind = c
         .optional(Key::Keying, keying_kind)
@@ -143,8 +174,9 @@ pub(super) fn check_section(
     }
     let keying = keying(&mut c, kind, protocols);
     if c.failed() || section.poisoned {
-        return None;
+        return Checked::Failed(blocking(section, &endpoints, &selectors));
     }
+    let blocked = blocking(section, &endpoints, &selectors);
     let (Some(name), Ok((local, remote)), Ok(sel), Ok(p), Ok(replay_window), Ok(keying), Ok(udp_encap)) = (
         section.name.clone(),
         endpoints,
@@ -154,7 +186,7 @@ pub(super) fn check_section(
         keying,
         udp_encap,
     ) else {
-        return None; // a line the lexer refused (duplicate key, empty value)
+        return Checked::Failed(blocked); // a line the lexer refused (duplicate key, empty value)
     };
     let default_window = match keying {
         Keying::Manual(_) => 0,
@@ -180,7 +212,11 @@ pub(super) fn check_section(
     };
     // Only a bundle that would be activated can take an SPI from another.
     manual::spi_clashes(&mut c, &bundle, accepted);
-    (!c.failed()).then_some(bundle)
+    if c.failed() {
+        Checked::Failed(blocked)
+    } else {
+        Checked::Active(bundle)
+    }
 }
 
 fn endpoints(c: &mut Check, kind: Result<KeyingKind, Bad>) -> Result<(Ipv4Addr, Ipv4Addr), Bad> {

@@ -173,6 +173,10 @@ impl fmt::Display for Diagnostic {
 pub struct Config {
     /// The bundles without errors, in file order.
     pub bundles: Vec<Bundle>,
+    /// Sections with errors whose name, endpoints and selectors are known, as bundles with
+    /// no protocols: they are not activated, but the traffic they would protect is blocked
+    /// instead of sent in clear (fail closed). `line` tells their place in file order.
+    pub failed: Vec<Bundle>,
     pub errors: Vec<Diagnostic>,
     pub warnings: Vec<Diagnostic>,
 }
@@ -222,16 +226,20 @@ pub fn parse_sa_keys(
 fn parse_bytes(bytes: &[u8], file: &str) -> Config {
     let mut diags = Diags::new(file);
     let mut bundles: Vec<Bundle> = Vec::new();
+    let mut failed: Vec<Bundle> = Vec::new();
     if check_file_size(bytes, &mut diags) {
         for section in lexer::lex(bytes, lexer::Layout::Sections, &mut diags) {
-            if let Some(b) = bundle::check_section(&section, &bundles, &mut diags) {
-                bundles.push(b);
+            match bundle::check_section(&section, &bundles, &mut diags) {
+                bundle::Checked::Active(b) => bundles.push(b),
+                bundle::Checked::Failed(Some(b)) => failed.push(b),
+                bundle::Checked::Failed(None) => {}
             }
         }
     }
     let diags = diags.into_sorted();
     Config {
         bundles,
+        failed,
         errors: diags.errors,
         warnings: diags.warnings,
     }

@@ -1473,3 +1473,17 @@ fn udp_encap_key() {
     let c = parse(&format!("{base}esp = aes128-sha1\nudp_encap = maybe\n"), "ipsec.cfg");
     assert_eq!(c.errors[0].key.as_deref(), Some("udp_encap"));
 }
+
+#[test]
+fn failed_sections_keep_their_selectors_when_known() {
+    let text = "[ok]\nlocal = 192.0.2.1\nremote = 192.0.2.2\nkeying = ike\nesp = aes128-sha1\n\n\
+                [badkey]\nlocal = 192.0.2.1\nremote = 192.0.2.3\nmode = tunnel\nremote_subnet = 10.3.0.0/16\nesp = aes128-sha1\nesp_spi_out = 0x100\n\n\
+                [noremote]\nlocal = 192.0.2.1\nesp = aes128-sha1\n";
+    let c = parse(text, "ipsec.cfg");
+    assert_eq!(c.bundles.len(), 1);
+    assert_eq!(c.failed.len(), 1, "no remote: nothing to block with");
+    let f = &c.failed[0];
+    assert_eq!((f.name.as_str(), f.line, f.mode), ("badkey", 7, Mode::Tunnel));
+    assert_eq!(f.remote_subnet, Some("10.3.0.0/16".parse().unwrap()));
+    assert_eq!((f.esp, f.ah, f.ipcomp), (None, None, false), "a failed section carries no protocols");
+}
