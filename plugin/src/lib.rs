@@ -13,6 +13,7 @@ pub mod crypto;
 pub mod dump;
 pub mod engine;
 mod ffi;
+pub mod ipc;
 pub mod log;
 pub mod sad;
 pub mod spd;
