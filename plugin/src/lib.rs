@@ -129,12 +129,17 @@ fn crypto_random_u32() -> u32 {
 /// One plugin instance. Hooks take `&self` and may run on many threads at once.
 pub struct Plugin {
     options: Options,
+    core: Arc<Core>,
+    control_server: Mutex<Option<control::ControlServer>>,
+}
+
+/// The state of an instance that its background threads (control socket, daemon link)
+/// share with the hooks. It owns no thread, so no reference cycle keeps it alive.
+struct Core {
     config_file: PathBuf,
     host: Arc<dyn Host>,
-    /// Shared with the control socket's thread, which renders the table.
-    ctx: Arc<Context>,
-    spd: Arc<RwLock<Arc<Spd>>>,
-    control_server: Mutex<Option<control::ControlServer>>,
+    ctx: Context,
+    spd: RwLock<Arc<Spd>>,
     /// The configured bundles and the host's address: what the Spd is rebuilt from.
     /// Held across a rebuild so two control events cannot interleave.
     control: Mutex<ControlState>,
@@ -185,19 +190,114 @@ impl Plugin {
         }
         let log = EventLog::open(log_options, clock, Some(window)).map_err(|source| Error::LogIo { path: log_path, source })?;
         log.event(Level::Inf, "", "load", format_args!("plugin {VERSION} loaded, config {}", config_file.display()));
-        let plugin = Plugin {
-            options,
+        let core = Core {
             config_file,
             host: Arc::clone(&host),
-            ctx: Arc::new(Context::new(log, host)),
-            spd: Arc::new(RwLock::new(Arc::new(Spd { bundles: Vec::new(), sad: Default::default() }))),
-            control_server: Mutex::new(None),
+            ctx: Context::new(log, host),
+            spd: RwLock::new(Arc::new(Spd { bundles: Vec::new(), sad: Default::default() })),
             control: Mutex::new(ControlState { bundles: Vec::new(), failed: Vec::new(), dynamic_local: None }),
         };
-        let errors = plugin.apply_config(config);
+        let errors = core.apply_config(config);
+        let plugin = Plugin { options, core: Arc::new(core), control_server: Mutex::new(None) };
         Ok((plugin, errors))
     }
 
+    pub fn outbound(&self, pkt: &mut PacketBuf<'_>) -> Verdict {
+        self.core.outbound(pkt)
+    }
+
+    /// `outbound` for many packets at once (one verdict each): ESP packets of one SA are
+    /// encrypted together, which makes AES-CBC several times faster than packet by packet.
+    /// Packets with a bad offset/length get `Drop`. `verdicts` must be as long as `pkts`;
+    /// extra packets get `Drop`.
+    pub fn outbound_batch(&self, pkts: &mut [PacketBuf<'_>], verdicts: &mut [Verdict]) {
+        self.core.outbound_batch(pkts, verdicts)
+    }
+
+    pub fn inbound(&self, pkt: &mut PacketBuf<'_>) -> Verdict {
+        self.core.inbound(pkt)
+    }
+
+    /// The host is connected with `local` as its address: bundles with `local = 0.0.0.0`
+    /// come alive with it, or move to it.
+    pub fn connect(&self, local: Ipv4Addr) {
+        self.core.connect(local)
+    }
+
+    /// The host's link went down: bundles on the dynamic address stop until the next connect.
+    pub fn link_down(&self) {
+        self.core.link_down()
+    }
+
+    /// Re-reads ipsec.cfg. An unreadable file changes nothing (the running policy stays).
+    pub fn reload(&self) -> Result<usize, Error> {
+        self.core.reload()
+    }
+
+    /// Installs SAs for a `keying = ike` bundle from `key = value` lines with the
+    /// manual-key names (what the keying daemon link does; also usable by hosts and tests).
+    /// Installing new keys for a bundle that has some is a rekey: see `Core::install`.
+    pub fn install_keys(&self, bundle: &str, keys: &str) -> Result<(), Error> {
+        self.core.install_keys(bundle, keys)
+    }
+
+    /// The keying daemon could not key `bundle`: its held packets are dropped.
+    pub fn keying_failed(&self, bundle: &str, why: &str) {
+        self.core.keying_failed(bundle, why)
+    }
+
+    /// Housekeeping the host may call now and then (once a second is plenty): drops held
+    /// packets whose time for keys is up.
+    pub fn tick(&self) {
+        self.core.tick()
+    }
+
+    /// The MTU of the link protected packets leave on (default 1500). Outbound packets
+    /// longer than this once protected are dropped if they have DF set, and their sender
+    /// gets an ICMP "fragmentation needed" through `Host::emit_packet(Inbound, ..)`.
+    /// IPv4 needs at least 68 (RFC 791).
+    pub fn set_link_mtu(&self, mtu: u32) -> Result<(), Error> {
+        self.core.set_link_mtu(mtu)
+    }
+
+    /// The most bytes the active bundles add to one packet, nested bundles added up: a host
+    /// advertises its link MTU minus this on its plaintext interface.
+    pub fn overhead(&self) -> usize {
+        self.core.current().max_overhead()
+    }
+
+    pub fn dump(&self, format: DumpFormat) -> String {
+        self.core.render(format)
+    }
+
+    /// Serves the SA table on a Unix socket at `path` for `ipsecdump`, to this process's
+    /// user only (docs/control.md); `None` stops serving. A new path replaces the old one.
+    pub fn control_listen(&self, path: Option<&Path>) -> Result<(), Error> {
+        let mut server = self.control_server.lock().unwrap_or_else(|e| e.into_inner());
+        // Stop the old one first, so the same path can be served again.
+        *server = None;
+        let Some(path) = path else {
+            self.core.log().event(Level::Inf, "", "control", format_args!("control socket closed"));
+            return Ok(());
+        };
+        let core = Arc::clone(&self.core);
+        let render: control::Render = Arc::new(move |format| core.render(format));
+        let started = control::ControlServer::start(path, render).map_err(|source| {
+            self.core.log().event(Level::Err, "", "control", format_args!("cannot serve {}: {source}", path.display()));
+            Error::ControlIo { path: path.to_path_buf(), source }
+        })?;
+        self.core.log().event(Level::Inf, "", "control", format_args!("control socket {}", path.display()));
+        *server = Some(started);
+        Ok(())
+    }
+
+    pub fn options(&self) -> &Options {
+        &self.options
+    }
+
+}
+
+impl Core {
     fn control(&self) -> std::sync::MutexGuard<'_, ControlState> {
         self.control.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -256,18 +356,14 @@ impl Plugin {
         errors.len()
     }
 
-    pub fn outbound(&self, pkt: &mut PacketBuf<'_>) -> Verdict {
+    fn outbound(&self, pkt: &mut PacketBuf<'_>) -> Verdict {
         if pkt.offset.checked_add(pkt.len).is_none_or(|end| end > pkt.buf.len()) {
             return Verdict::Drop;
         }
         engine::outbound(&self.current(), &self.ctx, pkt)
     }
 
-    /// `outbound` for many packets at once (one verdict each): ESP packets of one SA are
-    /// encrypted together, which makes AES-CBC several times faster than packet by packet.
-    /// Packets with a bad offset/length get `Drop`. `verdicts` must be as long as `pkts`;
-    /// extra packets get `Drop`.
-    pub fn outbound_batch(&self, pkts: &mut [PacketBuf<'_>], verdicts: &mut [Verdict]) {
+    fn outbound_batch(&self, pkts: &mut [PacketBuf<'_>], verdicts: &mut [Verdict]) {
         let n = pkts.len().min(verdicts.len());
         let spd = self.current();
         for (pkt, verdict) in pkts[..n].iter_mut().zip(verdicts.iter_mut()) {
@@ -282,16 +378,14 @@ impl Plugin {
         verdicts[n..].fill(Verdict::Drop);
     }
 
-    pub fn inbound(&self, pkt: &mut PacketBuf<'_>) -> Verdict {
+    fn inbound(&self, pkt: &mut PacketBuf<'_>) -> Verdict {
         if pkt.offset.checked_add(pkt.len).is_none_or(|end| end > pkt.buf.len()) {
             return Verdict::Drop;
         }
         engine::inbound(&self.current(), &self.ctx, pkt)
     }
 
-    /// The host is connected with `local` as its address: bundles with `local = 0.0.0.0`
-    /// come alive with it, or move to it.
-    pub fn connect(&self, local: Ipv4Addr) {
+    fn connect(&self, local: Ipv4Addr) {
         let mut control = self.control();
         if control.dynamic_local == Some(local) {
             return;
@@ -304,8 +398,7 @@ impl Plugin {
         self.rebuild(&control);
     }
 
-    /// The host's link went down: bundles on the dynamic address stop until the next connect.
-    pub fn link_down(&self) {
+    fn link_down(&self) {
         let mut control = self.control();
         if let Some(old) = control.dynamic_local.take() {
             self.log().event(Level::Inf, "", "address", format_args!("link down, local address {old} released"));
@@ -313,8 +406,7 @@ impl Plugin {
         }
     }
 
-    /// Re-reads ipsec.cfg. An unreadable file changes nothing (the running policy stays).
-    pub fn reload(&self) -> Result<usize, Error> {
+    fn reload(&self) -> Result<usize, Error> {
         self.log().flush();
         self.log().event(Level::Inf, "", "reload", format_args!("reloading {}", self.config_file.display()));
         let config = config::load(&self.config_file).map_err(|source| {
@@ -324,9 +416,7 @@ impl Plugin {
         Ok(self.apply_config(config))
     }
 
-    /// Installs SAs for a `keying = ike` bundle from `key = value` lines with the
-    /// manual-key names (what the keying daemon link does; also usable by hosts and tests).
-    pub fn install_keys(&self, bundle: &str, keys: &str) -> Result<(), Error> {
+    fn install_keys(&self, bundle: &str, keys: &str) -> Result<(), Error> {
         let control = self.control();
         let Some(b) = control.bundles.iter().find(|b| b.name == bundle) else {
             return Err(Error::NoSuchBundle(bundle.to_string()));
@@ -396,77 +486,37 @@ impl Plugin {
         self.log().event(Level::Ike, bundle, "acquire", format_args!("keys arrived: {sent} held packets sent, {lost} dropped"));
     }
 
-    /// The keying daemon could not key `bundle`: its held packets are dropped.
-    pub fn keying_failed(&self, bundle: &str, why: &str) {
+    fn keying_failed(&self, bundle: &str, why: &str) {
         let spd = self.current();
         let n = self.ctx.held().take(bundle).len();
         self.ctx.report_lost_held(&spd, bundle, n, why);
     }
 
-    /// Housekeeping the host may call now and then (once a second is plenty): drops held
-    /// packets whose time for keys is up.
-    pub fn tick(&self) {
+    fn tick(&self) {
         let spd = self.current();
         self.ctx.expire_held(&spd, self.host.now_ms());
     }
 
-    /// The MTU of the link protected packets leave on (default 1500). Outbound packets
-    /// longer than this once protected are dropped if they have DF set, and their sender
-    /// gets an ICMP "fragmentation needed" through `Host::emit_packet(Inbound, ..)`.
-    /// IPv4 needs at least 68 (RFC 791).
-    pub fn set_link_mtu(&self, mtu: u32) -> Result<(), Error> {
+    fn set_link_mtu(&self, mtu: u32) -> Result<(), Error> {
         if !(68..=65535).contains(&mtu) {
             return Err(Error::InvalidArgument(format!("link MTU {mtu} is outside 68-65535")));
         }
         if self.ctx.link_mtu() != mtu as usize {
-            self.log().event(Level::Inf, "", "mtu", format_args!("link MTU {mtu}, worst-case overhead {} bytes", self.overhead()));
+            self.log().event(Level::Inf, "", "mtu", format_args!("link MTU {mtu}, worst-case overhead {} bytes", self.current().max_overhead()));
         }
         self.ctx.set_link_mtu(mtu);
         Ok(())
     }
 
-    /// The most bytes the active bundles add to one packet, nested bundles added up: a host
-    /// advertises its link MTU minus this on its plaintext interface.
-    pub fn overhead(&self) -> usize {
-        self.current().max_overhead()
-    }
 
-    pub fn dump(&self, format: DumpFormat) -> String {
-        render(&self.spd, &self.ctx, format)
-    }
 
-    /// Serves the SA table on a Unix socket at `path` for `ipsecdump`, to this process's
-    /// user only (docs/control.md); `None` stops serving. A new path replaces the old one.
-    pub fn control_listen(&self, path: Option<&Path>) -> Result<(), Error> {
-        let mut server = self.control_server.lock().unwrap_or_else(|e| e.into_inner());
-        // Stop the old one first, so the same path can be served again.
-        *server = None;
-        let Some(path) = path else {
-            self.log().event(Level::Inf, "", "control", format_args!("control socket closed"));
-            return Ok(());
-        };
-        let (spd, ctx) = (Arc::clone(&self.spd), Arc::clone(&self.ctx));
-        let render: control::Render = Arc::new(move |format| render(&spd, &ctx, format));
-        let started = control::ControlServer::start(path, render).map_err(|source| {
-            self.log().event(Level::Err, "", "control", format_args!("cannot serve {}: {source}", path.display()));
-            Error::ControlIo { path: path.to_path_buf(), source }
-        })?;
-        self.log().event(Level::Inf, "", "control", format_args!("control socket {}", path.display()));
-        *server = Some(started);
-        Ok(())
-    }
-
-    pub fn options(&self) -> &Options {
-        &self.options
-    }
-}
-
-fn render(spd: &RwLock<Arc<Spd>>, ctx: &Context, format: DumpFormat) -> String {
-    let spd = Arc::clone(&spd.read().unwrap_or_else(|e| e.into_inner()));
-    let now = ctx.now_ms();
-    match format {
-        DumpFormat::Text => dump::text(&spd, &ctx.global, now),
-        DumpFormat::Json => dump::json(&spd, &ctx.global, now),
+    fn render(&self, format: DumpFormat) -> String {
+        let spd = self.current();
+        let now = self.host.now_ms();
+        match format {
+            DumpFormat::Text => dump::text(&spd, &self.ctx.global, now),
+            DumpFormat::Json => dump::json(&spd, &self.ctx.global, now),
+        }
     }
 }
 
@@ -480,7 +530,9 @@ fn mode_name(b: &spd::BundlePolicy) -> &'static str {
 
 impl Drop for Plugin {
     fn drop(&mut self) {
-        self.log().event(Level::Inf, "", "load", format_args!("plugin closed"));
-        self.log().flush();
+        // Stop the threads that share the core before saying goodbye.
+        *self.control_server.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.core.log().event(Level::Inf, "", "load", format_args!("plugin closed"));
+        self.core.log().flush();
     }
 }
