@@ -417,6 +417,25 @@ ipsec_status ipsec_plugin_control_listen(const ipsec_plugin *plugin, const char 
 ipsec_status ipsec_plugin_tick(const ipsec_plugin *plugin);
 
 /**
+ * Links the instance to the keying daemon listening at `path` (NULL: the default,
+ * `/run/ipsec-plugin/pluto.ctl`, which an instance with `keying = ike` bundles already
+ * uses from `ipsec_plugin_new` on). The daemon is initialized (REGISTER, the IKE bundles)
+ * at once if it runs, and again whenever one appears there after the previous went away.
+ *
+ * # Safety
+ * `plugin` is NULL or a live handle; `path` is NULL or a NUL-terminated string.
+ */
+ipsec_status ipsec_plugin_daemon_connect(const ipsec_plugin *plugin, const char *path);
+
+/**
+ * Stops talking to the keying daemon (SAs already installed stay until they expire).
+ *
+ * # Safety
+ * `plugin` is NULL or a live handle.
+ */
+ipsec_status ipsec_plugin_daemon_disconnect(const ipsec_plugin *plugin);
+
+/**
  * Re-reads ipsec.cfg. `IPSEC_CONFIG_PARTIAL` as for `ipsec_plugin_new`.
  *
  * # Safety

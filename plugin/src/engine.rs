@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::acquire::{Acquire, HeldQueue};
+use crate::daemon::LinkSender;
 use crate::config::Keying;
 use crate::log::{EventLog, Level};
 use crate::sad::{ReplayError, Sa, SaProto, SaTransform};
@@ -40,6 +41,8 @@ pub struct Context {
     icmp_budget: Mutex<(u64, u32)>,
     /// Packets of IKE bundles waiting for their SAs.
     pub held: Mutex<HeldQueue>,
+    /// The keying daemon link's writing half (ACQUIRE goes out from here).
+    pub link: LinkSender,
 }
 
 /// Default link MTU: Ethernet.
@@ -57,6 +60,7 @@ impl Context {
             link_mtu: AtomicU32::new(DEFAULT_LINK_MTU),
             icmp_budget: Mutex::new((0, 0)),
             held: Mutex::new(HeldQueue::default()),
+            link: LinkSender::default(),
         }
     }
 
@@ -75,11 +79,12 @@ impl Context {
         match result {
             Ok(Acquire::Send) => {
                 let f = pkt.flow();
+                let asked = if self.link.acquire(b.name(), &f) { "asked the keying daemon" } else { "no keying daemon to ask" };
                 self.log.event(
                     Level::Ike,
                     b.name(),
                     "acquire",
-                    format_args!("ACQUIRE: no SAs for {} -> {} (protocol {}), packet held for keys", f.src, f.dst, f.protocol),
+                    format_args!("ACQUIRE: no SAs for {} -> {} (protocol {}), packet held for keys; {asked}", f.src, f.dst, f.protocol),
                 );
                 Verdict::Held
             }

@@ -697,6 +697,54 @@ pub unsafe extern "C" fn ipsec_plugin_tick(plugin: *const ipsec_plugin) -> ipsec
     })
 }
 
+/// Links the instance to the keying daemon listening at `path` (NULL: the default,
+/// `/run/ipsec-plugin/pluto.ctl`, which an instance with `keying = ike` bundles already
+/// uses from `ipsec_plugin_new` on). The daemon is initialized (REGISTER, the IKE bundles)
+/// at once if it runs, and again whenever one appears there after the previous went away.
+///
+/// # Safety
+/// `plugin` is NULL or a live handle; `path` is NULL or a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn ipsec_plugin_daemon_connect(plugin: *const ipsec_plugin, path: *const c_char) -> ipsec_status {
+    guard_status(|| {
+        // SAFETY: NULL or a live handle per the contract.
+        let Some(handle) = (unsafe { plugin.as_ref() }) else {
+            return ipsec_status::IPSEC_ERR_NULL;
+        };
+        let path = if path.is_null() {
+            std::path::PathBuf::from(crate::daemon::DEFAULT_SOCKET)
+        } else {
+            // SAFETY: non-NULL and NUL-terminated per the contract.
+            match unsafe { CStr::from_ptr(path) }.to_str() {
+                Ok(p) if !p.is_empty() => std::path::PathBuf::from(p),
+                _ => return ipsec_status::IPSEC_ERR_INVALID,
+            }
+        };
+        match handle.plugin.daemon_connect(Some(&path)) {
+            Ok(()) => ipsec_status::IPSEC_OK,
+            Err(e) => status_of(&e),
+        }
+    })
+}
+
+/// Stops talking to the keying daemon (SAs already installed stay until they expire).
+///
+/// # Safety
+/// `plugin` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn ipsec_plugin_daemon_disconnect(plugin: *const ipsec_plugin) -> ipsec_status {
+    guard_status(|| {
+        // SAFETY: NULL or a live handle per the contract.
+        let Some(handle) = (unsafe { plugin.as_ref() }) else {
+            return ipsec_status::IPSEC_ERR_NULL;
+        };
+        match handle.plugin.daemon_connect(None) {
+            Ok(()) => ipsec_status::IPSEC_OK,
+            Err(e) => status_of(&e),
+        }
+    })
+}
+
 /// Re-reads ipsec.cfg. `IPSEC_CONFIG_PARTIAL` as for `ipsec_plugin_new`.
 ///
 /// # Safety

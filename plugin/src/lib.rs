@@ -10,6 +10,7 @@ pub mod acquire;
 pub mod config;
 pub mod control;
 pub mod crypto;
+pub mod daemon;
 pub mod dump;
 pub mod engine;
 mod ffi;
@@ -27,7 +28,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use crate::config::{Bundle, Keying};
 use crate::engine::Context;
 use crate::log::{EventLog, Level, LogOptions};
-use crate::spd::{Carried, Spd};
+use crate::sad::Sa;
+use crate::spd::{Carried, SaSet, Spd};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -131,6 +133,7 @@ pub struct Plugin {
     options: Options,
     core: Arc<Core>,
     control_server: Mutex<Option<control::ControlServer>>,
+    daemon: Mutex<Option<daemon::DaemonLink>>,
 }
 
 /// The state of an instance that its background threads (control socket, daemon link)
@@ -143,6 +146,8 @@ struct Core {
     /// The configured bundles and the host's address: what the Spd is rebuilt from.
     /// Held across a rebuild so two control events cannot interleave.
     control: Mutex<ControlState>,
+    /// SPIs handed out to the keying daemon and half-installed negotiations.
+    link: Mutex<daemon::LinkState>,
 }
 
 struct ControlState {
@@ -196,9 +201,17 @@ impl Plugin {
             ctx: Context::new(log, host),
             spd: RwLock::new(Arc::new(Spd { bundles: Vec::new(), sad: Default::default() })),
             control: Mutex::new(ControlState { bundles: Vec::new(), failed: Vec::new(), dynamic_local: None }),
+            link: Mutex::new(daemon::LinkState::default()),
         };
         let errors = core.apply_config(config);
-        let plugin = Plugin { options, core: Arc::new(core), control_server: Mutex::new(None) };
+        let plugin = Plugin { options, core: Arc::new(core), control_server: Mutex::new(None), daemon: Mutex::new(None) };
+        // SPEC §7: the plugin initializes the keying daemon when it loads, if it runs (and,
+        // with the link thread, whenever it starts later). Only IKE bundles need it.
+        let wants_daemon = plugin.core.control().bundles.iter().any(|b| matches!(b.keying, Keying::Ike(_)));
+        if wants_daemon {
+            // Failing to start a thread leaves the plugin working with manual keys only.
+            let _ = plugin.daemon_connect(Some(Path::new(daemon::DEFAULT_SOCKET)));
+        }
         Ok((plugin, errors))
     }
 
@@ -244,6 +257,25 @@ impl Plugin {
     /// The keying daemon could not key `bundle`: its held packets are dropped.
     pub fn keying_failed(&self, bundle: &str, why: &str) {
         self.core.keying_failed(bundle, why)
+    }
+
+    /// Links this instance to the keying daemon listening at `path` (None: stop). The link
+    /// initializes the daemon (REGISTER, the IKE bundles) at once if it runs, and again
+    /// whenever a daemon appears there after the previous one went away.
+    pub fn daemon_connect(&self, path: Option<&Path>) -> Result<(), Error> {
+        let mut link = self.daemon.lock().unwrap_or_else(|e| e.into_inner());
+        *link = None;
+        if let Some(path) = path {
+            let started = daemon::DaemonLink::start(path, &self.core)
+                .map_err(|source| Error::ControlIo { path: path.to_path_buf(), source })?;
+            *link = Some(started);
+        }
+        Ok(())
+    }
+
+    /// Whether the keying daemon link is up right now.
+    pub fn daemon_connected(&self) -> bool {
+        self.core.ctx.link.is_up()
     }
 
     /// Housekeeping the host may call now and then (once a second is plenty): drops held
@@ -396,6 +428,9 @@ impl Core {
             None => self.log().event(Level::Inf, "", "address", format_args!("connected with local address {local}")),
         }
         self.rebuild(&control);
+        drop(control);
+        // Bundles on the dynamic address are keyed from the new address now.
+        self.link_send_bundles();
     }
 
     fn link_down(&self) {
@@ -413,10 +448,22 @@ impl Core {
             self.log().event(Level::Err, "", "config", format_args!("cannot read {}: {source}", self.config_file.display()));
             Error::ConfigIo { path: self.config_file.clone(), source }
         })?;
-        Ok(self.apply_config(config))
+        let errors = self.apply_config(config);
+        self.link_send_bundles();
+        Ok(errors)
     }
 
     fn install_keys(&self, bundle: &str, keys: &str) -> Result<(), Error> {
+        let b = self.ike_bundle(bundle)?;
+        let sa_keys = config::parse_sa_keys(keys, "keys", b.esp, b.ah, b.ipcomp)
+            .map_err(|errs| Error::Keys(errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")))?;
+        let (outbound, inbound) =
+            spd::build_sa_sets(&b, &sa_keys, self.host.now_ms()).map_err(|e| Error::Keys(e.to_string()))?;
+        self.install_sets(bundle, Some(outbound), Some(inbound))
+    }
+
+    /// The configuration of a `keying = ike` bundle.
+    fn ike_bundle(&self, bundle: &str) -> Result<Bundle, Error> {
         let control = self.control();
         let Some(b) = control.bundles.iter().find(|b| b.name == bundle) else {
             return Err(Error::NoSuchBundle(bundle.to_string()));
@@ -424,19 +471,30 @@ impl Core {
         if !matches!(b.keying, Keying::Ike(_)) {
             return Err(Error::NotIkeBundle(bundle.to_string()));
         }
-        let sa_keys = config::parse_sa_keys(keys, "keys", b.esp, b.ah, b.ipcomp)
-            .map_err(|errs| Error::Keys(errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")))?;
-        let (outbound, inbound) =
-            spd::build_sa_sets(b, &sa_keys, self.host.now_ms()).map_err(|e| Error::Keys(e.to_string()))?;
+        Ok(b.clone())
+    }
+
+    /// Installs new SAs for one or both directions of an IKE bundle. New outbound SAs are
+    /// used at once; new inbound SAs retire the previous ones, which are still accepted
+    /// (packets the peer sent before it switched are in flight) until the next rekey. Held
+    /// packets leave once the bundle has outbound SAs.
+    fn install_sets(&self, bundle: &str, outbound: Option<SaSet>, inbound: Option<SaSet>) -> Result<(), Error> {
+        let control = self.control();
+        if !control.bundles.iter().any(|b| b.name == bundle && matches!(b.keying, Keying::Ike(_))) {
+            return Err(Error::NoSuchBundle(bundle.to_string()));
+        }
         let old = self.current();
         let (spd, errors) = Spd::build(&control.bundles, &control.failed, control.dynamic_local, self.host.now_ms(), |c| {
             if c.name == bundle {
-                // A rekey: send on the new SAs at once, accept on the old ones meanwhile.
                 let previous = old.find(bundle);
+                let (old_out, old_in, old_retired) = previous.map_or((None, None, None), |p| {
+                    (p.outbound.clone(), p.inbound.clone(), p.retired.clone())
+                });
+                let retired = if inbound.is_some() { old_in.clone() } else { old_retired };
                 return Some(Carried {
-                    outbound: Some(outbound.clone()),
-                    inbound: Some(inbound.clone()),
-                    retired: previous.and_then(|p| p.inbound.clone()),
+                    outbound: outbound.clone().or(old_out),
+                    inbound: inbound.clone().or(old_in),
+                    retired,
                     counters: previous.map(|p| Arc::clone(&p.counters)).unwrap_or_default(),
                 });
             }
@@ -445,7 +503,7 @@ impl Core {
         if let Some(e) = errors.iter().find(|e| e.bundle == bundle) {
             return Err(Error::Keys(e.message.clone()));
         }
-        for sa in outbound.iter().chain(inbound.iter()) {
+        for sa in outbound.iter().chain(inbound.iter()).flat_map(SaSet::iter) {
             self.log().event(
                 Level::Inf,
                 bundle,
@@ -456,8 +514,31 @@ impl Core {
         let spd = Arc::new(spd);
         *self.spd.write().unwrap_or_else(|e| e.into_inner()) = Arc::clone(&spd);
         drop(control);
-        self.release_held(&spd, bundle);
+        if spd.find(bundle).is_some_and(|b| b.outbound.is_some()) {
+            self.release_held(&spd, bundle);
+        }
         Ok(())
+    }
+
+    /// Removes SAs of an IKE bundle: an outbound or inbound set that loses one of its SAs
+    /// goes as a whole (half a set protects nothing); superseded ones likewise.
+    fn remove_sas(&self, bundle: &str, doomed: impl Fn(&Sa) -> bool) {
+        let control = self.control();
+        let old = self.current();
+        let keep = |set: &Option<SaSet>| set.clone().filter(|s| !s.iter().any(|sa| doomed(sa)));
+        let (spd, _) = Spd::build(&control.bundles, &control.failed, control.dynamic_local, self.host.now_ms(), |c| {
+            let p = old.find(&c.name).filter(|p| p.config == *c)?;
+            if c.name != bundle {
+                return Some(Carried::from(p));
+            }
+            Some(Carried {
+                outbound: keep(&p.outbound),
+                inbound: keep(&p.inbound),
+                retired: keep(&p.retired),
+                counters: Arc::clone(&p.counters),
+            })
+        });
+        *self.spd.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(spd);
     }
 
     /// Sends on the packets held for `bundle` now that it has SAs (or drops those whose
@@ -531,6 +612,7 @@ fn mode_name(b: &spd::BundlePolicy) -> &'static str {
 impl Drop for Plugin {
     fn drop(&mut self) {
         // Stop the threads that share the core before saying goodbye.
+        *self.daemon.lock().unwrap_or_else(|e| e.into_inner()) = None;
         *self.control_server.lock().unwrap_or_else(|e| e.into_inner()) = None;
         self.core.log().event(Level::Inf, "", "load", format_args!("plugin closed"));
         self.core.log().flush();
