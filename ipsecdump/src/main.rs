@@ -4,13 +4,12 @@
 //! same layout the running plugin dumps, so an administrator can check a file before
 //! loading it.
 
-mod live;
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use ipsec_plugin::{config, control, dump, spd::Spd, stats::Counters};
+use ipsec_plugin::{config, control, control_client, dump, spd::Spd, stats::Counters};
 
 const USAGE: &str = "usage: ipsecdump [--socket PATH] [--json]
        ipsecdump --config DIR|FILE [--json]
@@ -74,7 +73,7 @@ fn parse_args(args: impl Iterator<Item = String>, env_socket: Option<String>) ->
 }
 
 fn print_live(socket: &std::path::Path, json: bool) -> ExitCode {
-    match live::fetch(socket, json) {
+    match control_client::dump(socket, json) {
         Ok(table) => {
             // A reader that went away (`| head`) is not an error of ours.
             let _ = std::io::stdout().lock().write_all(&table);

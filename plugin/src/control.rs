@@ -28,6 +28,22 @@ use crate::DumpFormat;
 
 /// Renders the table on demand (the plugin passes a closure over itself).
 pub type Render = Arc<dyn Fn(DumpFormat) -> String + Send + Sync>;
+/// (Re)initializes the keying daemon for `pinit`: what happened, or why it failed.
+pub type Init = Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
+
+/// What the server can be asked.
+struct Handlers {
+    render: Render,
+    init: Option<Init>,
+}
+
+/// A parsed request line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Request {
+    Dump(DumpFormat),
+    /// `INIT 1`: what `pinit` sends.
+    Init,
+}
 
 /// Where hosts put the socket unless they say otherwise.
 pub const DEFAULT_PATH: &str = "/run/ipsec-plugin/control.sock";
@@ -61,12 +77,17 @@ impl ControlServer {
     /// where another live server answers), mode 0600, and serves it on one background thread.
     /// A missing parent directory is created with mode 0700.
     pub fn start(path: &Path, render: Render) -> io::Result<ControlServer> {
-        Self::start_for(path, render, geteuid())
+        Self::start_for(path, Handlers { render, init: None }, geteuid())
+    }
+
+    /// `start`, also answering `INIT 1` (pinit) with `init`.
+    pub fn start_with_init(path: &Path, render: Render, init: Init) -> io::Result<ControlServer> {
+        Self::start_for(path, Handlers { render, init: Some(init) }, geteuid())
     }
 
     /// `start`, serving `owner` instead of this process's effective uid (tests use it to
     /// see a refusal without a second user).
-    fn start_for(path: &Path, render: Render, owner: Uid) -> io::Result<ControlServer> {
+    fn start_for(path: &Path, handlers: Handlers, owner: Uid) -> io::Result<ControlServer> {
         let context = |e: io::Error, what: &str| io::Error::new(e.kind(), format!("control socket {}: {what}: {e}", path.display()));
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
             fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| context(e, "cannot create its directory"))?;
@@ -89,7 +110,7 @@ impl ControlServer {
         let stop_seen = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
             .name("ipsec-control".into())
-            .spawn(move || serve_forever(&accepting, &render, owner, &stop_seen));
+            .spawn(move || serve_forever(&accepting, &handlers, owner, &stop_seen));
         let thread = match thread {
             Ok(t) => t,
             Err(e) => {
@@ -160,7 +181,7 @@ fn remove_stale_socket(path: &Path) -> io::Result<()> {
     }
 }
 
-fn serve_forever(listener: &UnixListener, render: &Render, owner: Uid, stop: &AtomicBool) {
+fn serve_forever(listener: &UnixListener, handlers: &Handlers, owner: Uid, stop: &AtomicBool) {
     loop {
         let accepted = listener.accept();
         if stop.load(Ordering::SeqCst) {
@@ -168,7 +189,7 @@ fn serve_forever(listener: &UnixListener, render: &Render, owner: Uid, stop: &At
         }
         match accepted {
             // A client that goes away mid-answer is its own problem, not the server's.
-            Ok((mut stream, _)) => drop(serve_one(&mut stream, render, owner)),
+            Ok((mut stream, _)) => drop(serve_one(&mut stream, handlers, owner)),
             Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted) => {}
             // Out of descriptors or memory: back off rather than spin.
             Err(_) => std::thread::sleep(Duration::from_millis(50)),
@@ -176,7 +197,7 @@ fn serve_forever(listener: &UnixListener, render: &Render, owner: Uid, stop: &At
     }
 }
 
-fn serve_one(stream: &mut UnixStream, render: &Render, owner: Uid) -> io::Result<()> {
+fn serve_one(stream: &mut UnixStream, handlers: &Handlers, owner: Uid) -> io::Result<()> {
     stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
     // Checked before reading anything, so a stranger cannot hold the server up either.
     match socket_peercred(&*stream) {
@@ -184,9 +205,9 @@ fn serve_one(stream: &mut UnixStream, render: &Render, owner: Uid) -> io::Result
         _ => return reply_err(stream, "permission denied"),
     }
     let mut buf = [0u8; MAX_REQUEST];
-    let format = match read_request(stream, &mut buf) {
+    let request = match read_request(stream, &mut buf) {
         Ok(line) => match parse_request(line) {
-            Ok(format) => format,
+            Ok(request) => request,
             Err(message) => return reply_err(stream, message),
         },
         Err(RequestError::TooLong) => return reply_err(stream, "request longer than 256 bytes"),
@@ -194,14 +215,22 @@ fn serve_one(stream: &mut UnixStream, render: &Render, owner: Uid) -> io::Result
         Err(RequestError::Unterminated) => return reply_err(stream, "request line not ended by a newline"),
         Err(RequestError::Io(e)) => return Err(e),
     };
-    // A bug in rendering must not take the socket down with it.
-    match catch_unwind(AssertUnwindSafe(|| render(format))) {
-        Ok(table) => {
+    // A bug in a handler must not take the socket down with it.
+    let answer = match request {
+        Request::Dump(format) => catch_unwind(AssertUnwindSafe(|| Ok((handlers.render)(format))))
+            .unwrap_or(Err("internal error: the table could not be rendered".to_string())),
+        Request::Init => match &handlers.init {
+            Some(init) => catch_unwind(AssertUnwindSafe(|| init())).unwrap_or(Err("internal error in INIT".to_string())),
+            None => Err("INIT is not served here".to_string()),
+        },
+    };
+    match answer {
+        Ok(text) => {
             // Whole lines in one write each, rather than write!'s one write per piece.
-            stream.write_all(format!("OK {}\n", table.len()).as_bytes())?;
-            stream.write_all(table.as_bytes())
+            stream.write_all(format!("OK {}\n", text.len()).as_bytes())?;
+            stream.write_all(text.as_bytes())
         }
-        Err(_) => reply_err(stream, "internal error: the table could not be rendered"),
+        Err(message) => reply_err(stream, &message.replace('\n', " ")),
     }
 }
 
@@ -246,12 +275,16 @@ fn read_request<'b>(stream: &mut UnixStream, buf: &'b mut [u8; MAX_REQUEST]) -> 
     }
 }
 
-/// `DUMP TEXT 1` or `DUMP JSON 1`, exactly: single spaces, upper case, no trailing blanks.
-fn parse_request(line: &[u8]) -> Result<DumpFormat, &'static str> {
+/// `DUMP TEXT 1`, `DUMP JSON 1` or `INIT 1`, exactly: single spaces, upper case, no
+/// trailing blanks.
+fn parse_request(line: &[u8]) -> Result<Request, &'static str> {
+    if line == b"INIT 1" {
+        return Ok(Request::Init);
+    }
     let mut words = line.split(|&b| b == b' ');
     let (verb, format, version) = (words.next(), words.next(), words.next());
     if verb != Some(b"DUMP".as_slice()) {
-        return Err("unknown request; expected DUMP TEXT 1 or DUMP JSON 1");
+        return Err("unknown request; expected DUMP TEXT 1, DUMP JSON 1 or INIT 1");
     }
     let format = match format {
         Some(b"TEXT") => DumpFormat::Text,
@@ -265,7 +298,7 @@ fn parse_request(line: &[u8]) -> Result<DumpFormat, &'static str> {
     if version != Some(PROTOCOL_VERSION) || words.next().is_some() {
         return Err("unsupported protocol version; this server speaks 1");
     }
-    Ok(format)
+    Ok(Request::Dump(format))
 }
 
 #[cfg(test)]
@@ -447,7 +480,7 @@ mod tests {
         let dir = TempDir::new();
         let (r, calls) = render();
         let stranger_owner = Uid::from_raw(geteuid().as_raw().wrapping_add(4242));
-        let _server = ControlServer::start_for(&dir.sock(), r, stranger_owner).unwrap();
+        let _server = ControlServer::start_for(&dir.sock(), Handlers { render: r, init: None }, stranger_owner).unwrap();
         assert_eq!(ask(&dir.sock(), b"DUMP TEXT 1\n"), "ERR permission denied\n");
         // Refused at once, even when the client sends nothing at all.
         let started = Instant::now();
@@ -573,8 +606,9 @@ mod tests {
 
     #[test]
     fn parses_exactly_the_documented_requests() {
-        assert_eq!(parse_request(b"DUMP TEXT 1"), Ok(DumpFormat::Text));
-        assert_eq!(parse_request(b"DUMP JSON 1"), Ok(DumpFormat::Json));
+        assert_eq!(parse_request(b"DUMP TEXT 1"), Ok(Request::Dump(DumpFormat::Text)));
+        assert_eq!(parse_request(b"INIT 1"), Ok(Request::Init));
+        assert_eq!(parse_request(b"DUMP JSON 1"), Ok(Request::Dump(DumpFormat::Json)));
         assert!(parse_request(b"DUMP JSON 01").is_ok(), "a version is a number");
         for bad in [&b"DUMP JSON 1 "[..], b"DUMP JSON -1", b"DUMP JSON +1", b"DUMP JSON 4294967297", b" DUMP JSON 1", b"DUMP\tJSON 1", b"DUMP TEXT 1\r"] {
             assert!(parse_request(bad).is_err(), "{bad:?}");

@@ -96,6 +96,8 @@ struct Pending {
 /// The link's bookkeeping in the core: SPIs handed out and half-installed negotiations.
 #[derive(Default)]
 pub struct LinkState {
+    /// Where the daemon is looked for; None when the link is off.
+    pub path: Option<PathBuf>,
     /// SPIs (CPIs) reserved by GETSPI and not yet completed by UPDATE.
     larval: HashSet<(SaProto, u32)>,
     pending: HashMap<(String, u32), Pending>,
@@ -265,10 +267,31 @@ fn proto_of(sa_type: SaType) -> Option<SaProto> {
     }
 }
 
+/// How long `pinit` waits for a daemon that has just started to be found.
+const PINIT_WAIT: Duration = Duration::from_secs(3);
+
 impl Core {
+    /// What `pinit` asks for through the control socket: initialize the daemon now. A
+    /// daemon that was just restarted may not be found yet; wait for the link a moment.
+    pub(crate) fn pinit(&self) -> Result<String, String> {
+        let Some(path) = lock(&self.link).path.clone() else {
+            return Err("the keying daemon link is off in this plugin".to_string());
+        };
+        let deadline = std::time::Instant::now() + PINIT_WAIT;
+        while !self.ctx.link.is_up() {
+            if std::time::Instant::now() >= deadline {
+                return Err(format!("no keying daemon answers at {}", path.display()));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let sent = self.link_initialize();
+        self.log().event(Level::Ike, "", "daemon", format_args!("pinit: keying daemon re-initialized"));
+        Ok(format!("keying daemon at {} initialized: {sent} IKE bundles sent\n", path.display()))
+    }
+
     /// REGISTER, SPDFLUSH and one SPDADD per IKE bundle: what a (re)started daemon needs
     /// to know. Replies are read by the link thread.
-    pub(crate) fn link_initialize(&self) {
+    pub(crate) fn link_initialize(&self) -> usize {
         let link = &self.ctx.link;
         let pid = std::process::id();
         let mut register = Message::new(MsgType::Register, SaType::Unspec, link.next_seq(), pid);
@@ -287,6 +310,7 @@ impl Core {
             "daemon",
             format_args!("keying daemon initialized: {}", if ok { format!("{sent} IKE bundles sent") } else { "link failed".to_string() }),
         );
+        sent
     }
 
     /// SPDADD for every IKE bundle, in file order (also after reload and connect, when the

@@ -9,6 +9,7 @@
 pub mod acquire;
 pub mod config;
 pub mod control;
+pub mod control_client;
 pub mod crypto;
 pub mod daemon;
 pub mod dump;
@@ -265,6 +266,7 @@ impl Plugin {
     pub fn daemon_connect(&self, path: Option<&Path>) -> Result<(), Error> {
         let mut link = self.daemon.lock().unwrap_or_else(|e| e.into_inner());
         *link = None;
+        self.core.link.lock().unwrap_or_else(|e| e.into_inner()).path = path.map(Path::to_path_buf);
         if let Some(path) = path {
             let started = daemon::DaemonLink::start(path, &self.core)
                 .map_err(|source| Error::ControlIo { path: path.to_path_buf(), source })?;
@@ -314,7 +316,9 @@ impl Plugin {
         };
         let core = Arc::clone(&self.core);
         let render: control::Render = Arc::new(move |format| core.render(format));
-        let started = control::ControlServer::start(path, render).map_err(|source| {
+        let core = Arc::clone(&self.core);
+        let init: control::Init = Arc::new(move || core.pinit());
+        let started = control::ControlServer::start_with_init(path, render, init).map_err(|source| {
             self.core.log().event(Level::Err, "", "control", format_args!("cannot serve {}: {source}", path.display()));
             Error::ControlIo { path: path.to_path_buf(), source }
         })?;

@@ -1,5 +1,5 @@
 //! The client side of the control socket protocol (`docs/control.md`): one request line,
-//! one answer, for the live table of a running plugin.
+//! one answer. `ipsecdump` asks for the live table, `pinit` for a daemon initialization.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -7,7 +7,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
-use ipsec_plugin::control::PROTOCOL_VERSION;
+use crate::control::PROTOCOL_VERSION;
 
 /// A plugin rendering a very large table is slow, not stuck; one that says nothing for this
 /// long is stuck.
@@ -16,37 +16,49 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_STATUS_LINE: u64 = 1024;
 
 #[derive(Debug)]
-pub enum LiveError {
+pub enum ClientError {
     /// Nothing to talk to at the path, or not allowed to: exit status 1.
     Connect(String),
     /// The plugin answered something this client does not understand: exit status 3.
     Protocol(String),
+    /// The plugin understood and said no (`ERR ...`): exit status 3 for a dump; `pinit`
+    /// treats a refused initialization as a failure of its own (exit status 1).
+    Refused(String),
 }
 
-impl LiveError {
+impl ClientError {
     pub fn exit_status(&self) -> u8 {
         match self {
-            LiveError::Connect(_) => 1,
-            LiveError::Protocol(_) => 3,
+            ClientError::Connect(_) => 1,
+            ClientError::Protocol(_) | ClientError::Refused(_) => 3,
         }
     }
 }
 
-impl std::fmt::Display for LiveError {
+impl std::fmt::Display for ClientError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            LiveError::Connect(m) | LiveError::Protocol(m) => f.write_str(m),
+            ClientError::Connect(m) | ClientError::Protocol(m) | ClientError::Refused(m) => f.write_str(m),
         }
     }
 }
 
 /// The table as the plugin at `socket` renders it, text or JSON.
-pub fn fetch(socket: &Path, json: bool) -> Result<Vec<u8>, LiveError> {
+pub fn dump(socket: &Path, json: bool) -> Result<Vec<u8>, ClientError> {
+    request(socket, &format!("DUMP {} {PROTOCOL_VERSION}\n", if json { "JSON" } else { "TEXT" }))
+}
+
+/// Asks the plugin at `socket` to (re)initialize the keying daemon; its account of it.
+pub fn init(socket: &Path) -> Result<Vec<u8>, ClientError> {
+    request(socket, &format!("INIT {PROTOCOL_VERSION}\n"))
+}
+
+/// Sends one request line (with its newline) and returns the answer's body.
+fn request(socket: &Path, request: &str) -> Result<Vec<u8>, ClientError> {
     let stream = UnixStream::connect(socket)
-        .map_err(|e| LiveError::Connect(format!("cannot connect to {}: {}", socket.display(), connect_reason(socket, &e))))?;
-    let protocol = |what: String| LiveError::Protocol(format!("{}: {what}", socket.display()));
+        .map_err(|e| ClientError::Connect(format!("cannot connect to {}: {}", socket.display(), connect_reason(socket, &e))))?;
+    let protocol = |what: String| ClientError::Protocol(format!("{}: {what}", socket.display()));
     stream.set_read_timeout(Some(ANSWER_TIMEOUT)).map_err(|e| protocol(e.to_string()))?;
-    let request = format!("DUMP {} {PROTOCOL_VERSION}\n", if json { "JSON" } else { "TEXT" });
     // A server that refuses us may answer and close before reading: its answer still counts.
     let _ = (&stream).write_all(request.as_bytes());
 
@@ -66,9 +78,9 @@ pub fn fetch(socket: &Path, json: bool) -> Result<Vec<u8>, LiveError> {
     let status = String::from_utf8_lossy(status);
     if let Some(message) = status.strip_prefix("ERR ") {
         if message == "permission denied" {
-            return Err(LiveError::Connect(format!("cannot use {}: {}", socket.display(), denied(socket))));
+            return Err(ClientError::Connect(format!("cannot use {}: {}", socket.display(), denied(socket))));
         }
-        return Err(protocol(format!("the plugin refused the request: {message}")));
+        return Err(ClientError::Refused(format!("{}: the plugin refused the request: {message}", socket.display())));
     }
     let len = status
         .strip_prefix("OK ")
@@ -129,9 +141,9 @@ mod tests {
         (path, server)
     }
 
-    fn fetch_from(name: &str, answer: &'static [u8], json: bool) -> (Result<Vec<u8>, LiveError>, String) {
+    fn fetch_from(name: &str, answer: &'static [u8], json: bool) -> (Result<Vec<u8>, ClientError>, String) {
         let (path, server) = fake_server(name, answer);
-        let got = fetch(&path, json);
+        let got = dump(&path, json);
         let request = server.join().unwrap();
         let _ = std::fs::remove_file(&path);
         (got, request)
@@ -150,18 +162,17 @@ mod tests {
 
     #[test]
     fn malformed_answers_are_protocol_errors() {
-        let cases: [(&str, &'static [u8], &str); 7] = [
+        let cases: [(&str, &'static [u8], &str); 6] = [
             ("silent", b"", "without answering"),
             ("hello", b"HELLO\n", "unexpected answer"),
             ("no-len", b"OK \nabc", "unexpected answer"),
             ("neg-len", b"OK -3\nabc", "unexpected answer"),
             ("short", b"OK 100\nabc", "cut off after 3 of 100 bytes"),
             ("unterminated", b"OK 3", "unterminated answer"),
-            ("refused", b"ERR unsupported protocol version; this server speaks 2\n", "refused the request: unsupported"),
         ];
         for (name, answer, expected) in cases {
             match fetch_from(name, answer, false).0 {
-                Err(e @ LiveError::Protocol(_)) => {
+                Err(e @ ClientError::Protocol(_)) => {
                     assert!(e.to_string().contains(expected), "{name}: {e}");
                     assert_eq!(e.exit_status(), 3);
                 }
@@ -171,9 +182,20 @@ mod tests {
     }
 
     #[test]
+    fn an_err_answer_is_a_refusal() {
+        match fetch_from("refused", b"ERR unsupported protocol version; this server speaks 2\n", false).0 {
+            Err(e @ ClientError::Refused(_)) => {
+                assert!(e.to_string().contains("refused the request: unsupported"), "{e}");
+                assert_eq!(e.exit_status(), 3);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn permission_denied_answer_is_a_connect_error() {
         match fetch_from("denied", b"ERR permission denied\n", false).0 {
-            Err(e @ LiveError::Connect(_)) => {
+            Err(e @ ClientError::Connect(_)) => {
                 assert!(e.to_string().contains("permission denied"), "{e}");
                 assert_eq!(e.exit_status(), 1);
             }
