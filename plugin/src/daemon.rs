@@ -23,7 +23,7 @@ use crate::ipc::{
     self, Address, AuthAlg, CompAlg, EncryptAlg, Errno, Message, MsgType, SaExt, SaState, SaType, Sender, SupportedAlg,
 };
 use crate::log::Level;
-use crate::sad::{Sa, SaProto, SaTransform};
+use crate::sad::{Expiry, Sa, SaLifetime, SaProto, SaTransform};
 use crate::spd::{FlowKey, SaSet};
 use crate::Core;
 
@@ -184,14 +184,42 @@ fn run(path: &Path, weak: &Weak<Core>, stop: &AtomicBool) {
     }
 }
 
+/// Housekeeping interval of the link thread: lifetimes and held packets are checked this
+/// often while the link is up, whether or not the host calls `tick`.
+const TICK_EVERY: Duration = Duration::from_secs(1);
+
+/// Fills `buf` from the stream, running `idle` whenever a second passes without data.
+/// False when the stream ended, failed, or `stop` was set.
+fn read_full(stream: &mut UnixStream, buf: &mut [u8], stop: &AtomicBool, idle: &mut dyn FnMut()) -> bool {
+    let mut filled = 0;
+    while filled < buf.len() {
+        if stop.load(Ordering::SeqCst) {
+            return false;
+        }
+        match stream.read(&mut buf[filled..]) {
+            Ok(0) => return false,
+            Ok(n) => filled += n,
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => idle(),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
 fn read_messages(mut stream: UnixStream, weak: &Weak<Core>, stop: &AtomicBool) {
+    if stream.set_read_timeout(Some(TICK_EVERY)).is_err() {
+        return;
+    }
+    let mut idle = || {
+        if let Some(core) = weak.upgrade() {
+            core.tick();
+        }
+    };
     let mut buf = Vec::with_capacity(1024);
     loop {
-        if stop.load(Ordering::SeqCst) {
-            return;
-        }
         buf.resize(ipc::HEADER_LEN, 0);
-        if stream.read_exact(&mut buf).is_err() {
+        if !read_full(&mut stream, &mut buf, stop, &mut idle) {
             return;
         }
         let len = match ipc::message_len(&buf) {
@@ -204,7 +232,7 @@ fn read_messages(mut stream: UnixStream, weak: &Weak<Core>, stop: &AtomicBool) {
             }
         };
         buf.resize(len, 0);
-        if stream.read_exact(&mut buf[ipc::HEADER_LEN..]).is_err() {
+        if !read_full(&mut stream, &mut buf[ipc::HEADER_LEN..], stop, &mut idle) {
             return;
         }
         let Some(core) = weak.upgrade() else { return };
@@ -464,7 +492,14 @@ impl Core {
                 Sa::new(SaProto::IpComp, ext.spi, inbound, SaTransform::ipcomp(), 0, now)
             }
         };
-        let sa = Arc::new(sa);
+        let limit = |l: Option<ipc::Lifetime>| l.unwrap_or_default();
+        let (soft, hard) = (limit(msg.ext.lifetime_soft), limit(msg.ext.lifetime_hard));
+        let sa = Arc::new(sa.with_lifetime(SaLifetime {
+            soft_secs: soft.addtime,
+            hard_secs: hard.addtime,
+            soft_bytes: soft.bytes,
+            hard_bytes: hard.bytes,
+        }));
         let key = (bundle.name.clone(), msg.header.seq);
         let complete = {
             let mut state = lock(&self.link);
@@ -518,6 +553,67 @@ impl Core {
         reply.ext.address_src = msg.ext.address_src;
         reply.ext.address_dst = msg.ext.address_dst;
         reply
+    }
+
+    /// Checks the lifetimes of the daemon's SAs: a soft limit is reported (EXPIRE with
+    /// LIFETIME_SOFT: the daemon rekeys, the SA keeps working), a hard one removes the SA
+    /// and is reported (EXPIRE with LIFETIME_HARD).
+    pub(crate) fn expire_sas(&self, now_ms: u64) {
+        let spd = self.current();
+        let mut hard: Vec<(String, SaProto, u32)> = Vec::new();
+        for b in spd.bundles.iter().filter(|b| matches!(b.config.keying, Keying::Ike(_))) {
+            for sa in [&b.outbound, &b.inbound, &b.retired].into_iter().flatten().flat_map(SaSet::iter) {
+                let Some(expiry) = sa.check_lifetime(now_ms) else { continue };
+                let which = match expiry {
+                    Expiry::Soft => "soft",
+                    Expiry::Hard => "hard",
+                };
+                let dir = if sa.inbound { "in" } else { "out" };
+                self.log().event(
+                    Level::Inf,
+                    b.name(),
+                    "sa",
+                    format_args!("SA {which} lifetime reached: {dir} {} SPI 0x{:08x}", sa.proto, sa.spi),
+                );
+                self.send_expire(b, sa, expiry);
+                if expiry == Expiry::Hard {
+                    hard.push((b.name().to_string(), sa.proto, sa.spi));
+                }
+            }
+        }
+        for (bundle, proto, spi) in hard {
+            self.remove_sas(&bundle, |sa| sa.proto == proto && sa.spi == spi);
+        }
+    }
+
+    fn send_expire(&self, b: &crate::spd::BundlePolicy, sa: &Sa, expiry: Expiry) {
+        let sa_type = match sa.proto {
+            SaProto::Esp => SaType::Esp,
+            SaProto::Ah => SaType::Ah,
+            SaProto::IpComp => SaType::IpComp,
+        };
+        let link = &self.ctx.link;
+        let mut msg = Message::new(MsgType::Expire, sa_type, link.next_seq(), std::process::id());
+        let state = if expiry == Expiry::Hard { SaState::Dead } else { SaState::Dying };
+        msg.ext.sa = Some(SaExt::bare(sa.spi, state));
+        msg.ext.lifetime_current = Some(ipc::Lifetime {
+            allocations: u32::try_from(sa.counters.packets()).unwrap_or(u32::MAX),
+            bytes: sa.counters.bytes(),
+            addtime: sa.created_ms / 1000,
+            usetime: 0,
+        });
+        let l = &sa.lifetime;
+        let limit = |secs, bytes| Some(ipc::Lifetime { allocations: 0, bytes, addtime: secs, usetime: 0 });
+        match expiry {
+            Expiry::Soft => msg.ext.lifetime_soft = limit(l.soft_secs, l.soft_bytes),
+            Expiry::Hard => msg.ext.lifetime_hard = limit(l.hard_secs, l.hard_bytes),
+        }
+        let (local, remote) = (b.local.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED), b.config.remote);
+        let (src, dst) = if sa.inbound { (remote, local) } else { (local, remote) };
+        msg.ext.address_src = Some(Address::host(src));
+        msg.ext.address_dst = Some(Address::host(dst));
+        msg.ext.bundle = Some(b.name().to_string());
+        let _ = link.send(&msg);
     }
 
     /// FLUSH: forgets every SA the daemon installed (manual ones stay).

@@ -281,7 +281,8 @@ impl Plugin {
     }
 
     /// Housekeeping the host may call now and then (once a second is plenty): drops held
-    /// packets whose time for keys is up.
+    /// packets whose time for keys is up, and reports and enforces SA lifetimes (the
+    /// daemon link's thread also does this every second while the link is up).
     pub fn tick(&self) {
         self.core.tick()
     }
@@ -578,8 +579,9 @@ impl Core {
     }
 
     fn tick(&self) {
-        let spd = self.current();
-        self.ctx.expire_held(&spd, self.host.now_ms());
+        let now = self.host.now_ms();
+        self.ctx.expire_held(&self.current(), now);
+        self.expire_sas(now);
     }
 
     fn set_link_mtu(&self, mtu: u32) -> Result<(), Error> {

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::crypto::{Deflate, EspCrypto, Integrity, KeyError, IPCOMP_MAX_DECOMPRESSED};
@@ -168,9 +168,67 @@ pub struct Sa {
     replay: Mutex<ReplayWindow>,
     pub counters: Counters,
     pub created_ms: u64,
+    /// Soft and hard limits (keyed SAs from the daemon); none for manual keys.
+    pub lifetime: SaLifetime,
+    /// Which limits were reached already: `SOFT_REACHED`, `HARD_REACHED`.
+    expired: AtomicU8,
+}
+
+/// Soft and hard lifetime of an SA, in seconds since it was added and in bytes; 0 = none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SaLifetime {
+    pub soft_secs: u64,
+    pub hard_secs: u64,
+    pub soft_bytes: u64,
+    pub hard_bytes: u64,
+}
+
+/// A lifetime limit an SA just reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    Soft,
+    Hard,
+}
+
+const SOFT_REACHED: u8 = 1;
+const HARD_REACHED: u8 = 2;
+
+impl SaLifetime {
+    fn reached(limit: u64, value: u64) -> bool {
+        limit != 0 && value >= limit
+    }
 }
 
 impl Sa {
+    /// The limit this SA reached since the last call, if any (each is reported once).
+    pub fn check_lifetime(&self, now_ms: u64) -> Option<Expiry> {
+        let age = now_ms.saturating_sub(self.created_ms) / 1000;
+        let bytes = self.counters.bytes();
+        let l = &self.lifetime;
+        let hard = SaLifetime::reached(l.hard_secs, age) || SaLifetime::reached(l.hard_bytes, bytes);
+        let soft = hard || SaLifetime::reached(l.soft_secs, age) || SaLifetime::reached(l.soft_bytes, bytes);
+        let (flag, expiry) = if hard {
+            (HARD_REACHED | SOFT_REACHED, Expiry::Hard)
+        } else if soft {
+            (SOFT_REACHED, Expiry::Soft)
+        } else {
+            return None;
+        };
+        let before = self.expired.fetch_or(flag, Ordering::Relaxed);
+        let new = flag & !before;
+        if new & HARD_REACHED != 0 {
+            Some(Expiry::Hard)
+        } else if new & SOFT_REACHED != 0 {
+            Some(expiry)
+        } else {
+            None
+        }
+    }
+
+    pub fn with_lifetime(mut self, lifetime: SaLifetime) -> Sa {
+        self.lifetime = lifetime;
+        self
+    }
     pub fn new(proto: SaProto, spi: u32, inbound: bool, transform: SaTransform, replay_window: u32, now_ms: u64) -> Sa {
         Sa {
             proto,
@@ -181,6 +239,8 @@ impl Sa {
             replay: Mutex::new(ReplayWindow::new(replay_window)),
             counters: Counters::default(),
             created_ms: now_ms,
+            lifetime: SaLifetime::default(),
+            expired: AtomicU8::new(0),
         }
     }
 
@@ -297,6 +357,20 @@ mod tests {
         w.accept(5).unwrap();
         w.accept(1).unwrap();
         assert_eq!(w.check(0), Ok(()));
+    }
+
+    #[test]
+    fn lifetimes_fire_once_soft_then_hard() {
+        let l = SaLifetime { soft_secs: 10, hard_secs: 20, soft_bytes: 0, hard_bytes: 1000 };
+        let sa = Sa::new(SaProto::IpComp, 0x1000, false, SaTransform::ipcomp(), 0, 0).with_lifetime(l);
+        assert_eq!(sa.check_lifetime(9_999), None);
+        assert_eq!(sa.check_lifetime(10_000), Some(Expiry::Soft));
+        assert_eq!(sa.check_lifetime(11_000), None, "reported once");
+        sa.counters.count_packet(1000);
+        assert_eq!(sa.check_lifetime(12_000), Some(Expiry::Hard), "bytes count too");
+        assert_eq!(sa.check_lifetime(30_000), None);
+        let never = Sa::new(SaProto::IpComp, 0x1001, false, SaTransform::ipcomp(), 0, 0);
+        assert_eq!(never.check_lifetime(u64::MAX), None, "manual SAs do not expire");
     }
 
     #[test]

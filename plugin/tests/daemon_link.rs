@@ -6,6 +6,7 @@ use std::io::{Read, Write};
 use std::net::Ipv4Addr;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,15 +17,21 @@ use ipsec_plugin::ipc::{
 use ipsec_plugin::wire::{ipv4, IpProtocol};
 use ipsec_plugin::{Direction, Host, Options, PacketBuf, Plugin, Verdict};
 
-#[derive(Default)]
 struct TestHost {
     emitted: Mutex<Vec<(Direction, Vec<u8>)>>,
+    clock: AtomicU64,
+}
+
+impl Default for TestHost {
+    fn default() -> Self {
+        TestHost { emitted: Mutex::default(), clock: AtomicU64::new(1_763_900_000_000) }
+    }
 }
 
 impl Host for TestHost {
     fn output_window(&self, _: &str) {}
     fn now_ms(&self) -> u64 {
-        1_763_900_000_000
+        self.clock.load(Ordering::SeqCst)
     }
     fn emit_packet(&self, direction: Direction, packet: &[u8]) {
         self.emitted.lock().unwrap().push((direction, packet.to_vec()));
@@ -269,4 +276,58 @@ fn a_restarted_daemon_is_initialized_without_pinit() {
     a.daemon_connect(None).unwrap();
     let mut buf = [0u8; 1];
     assert_eq!(d.read(&mut buf).unwrap_or(0), 0);
+}
+
+#[test]
+fn lifetimes_expire_soft_then_hard_and_the_daemon_is_told() {
+    let dir = temp_dir("lifetime");
+    let sock = dir.join("pluto.ctl");
+    let listener = UnixListener::bind(&sock).unwrap();
+    let (a, host) = open(&dir.join("a"), CFG);
+    a.daemon_connect(Some(&sock)).unwrap();
+    let mut d = accept(&listener);
+    expect_init(&mut d);
+    let mut getspi = Message::new(MsgType::GetSpi, SaType::Esp, 7, 4242);
+    getspi.ext.bundle = Some("vpn".into());
+    getspi.ext.address_src = Some(Address::host(Ipv4Addr::new(192, 0, 2, 2)));
+    getspi.ext.address_dst = Some(Address::host(Ipv4Addr::new(192, 0, 2, 1)));
+    getspi.ext.spirange = Some(SpiRange { min: 0x1000, max: 0x1000 });
+    send(&mut d, &getspi);
+    assert_eq!(read_msg(&mut d).ext.sa.unwrap().spi, 0x1000, "a one-SPI range");
+    let with_life = |mut m: Message| {
+        m.ext.lifetime_soft = Some(ipc::Lifetime { allocations: 0, bytes: 0, addtime: 10, usetime: 0 });
+        m.ext.lifetime_hard = Some(ipc::Lifetime { allocations: 0, bytes: 0, addtime: 20, usetime: 0 });
+        m
+    };
+    send(&mut d, &with_life(sa_message(MsgType::Update, 7, 0x1000, [192, 0, 2, 2], [192, 0, 2, 1], &ENC_IN, &AUTH_IN)));
+    assert_eq!(read_msg(&mut d).header.errno, None);
+    send(&mut d, &with_life(sa_message(MsgType::Add, 7, 0x2000, [192, 0, 2, 1], [192, 0, 2, 2], &ENC_OUT, &AUTH_OUT)));
+    assert_eq!(read_msg(&mut d).header.errno, None);
+    assert_eq!(hook(&a, &udp(10), true).0, Verdict::Transformed);
+
+    // Soft: both SAs reported, both keep working.
+    host.clock.fetch_add(11_000, Ordering::SeqCst);
+    a.tick();
+    let mut soft = Vec::new();
+    for _ in 0..2 {
+        let m = read_msg(&mut d);
+        assert_eq!(m.header.msg_type, MsgType::Expire);
+        assert!(m.ext.lifetime_soft.is_some() && m.ext.lifetime_hard.is_none());
+        soft.push(m.ext.sa.unwrap().spi);
+    }
+    soft.sort();
+    assert_eq!(soft, vec![0x1000, 0x2000]);
+    assert_eq!(hook(&a, &udp(10), true).0, Verdict::Transformed);
+
+    // Hard: reported and removed; the next packet waits for new keys.
+    host.clock.fetch_add(10_000, Ordering::SeqCst);
+    a.tick();
+    for _ in 0..2 {
+        let m = read_msg(&mut d);
+        assert_eq!(m.header.msg_type, MsgType::Expire);
+        assert!(m.ext.lifetime_hard.is_some());
+        assert!(m.ext.lifetime_current.is_some());
+    }
+    assert_eq!(hook(&a, &udp(10), true).0, Verdict::Held);
+    assert_eq!(read_msg(&mut d).header.msg_type, MsgType::Acquire);
 }
