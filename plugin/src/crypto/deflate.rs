@@ -6,6 +6,9 @@ use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, 
 
 /// The most a single packet may decompress to. An IPv4 datagram cannot be larger, so
 /// anything that would produce more is a decompression bomb.
+/// Output room beyond the input length that deflate's worst case needs.
+const COMPRESS_SLACK: usize = 64;
+
 pub const IPCOMP_MAX_DECOMPRESSED: usize = 65536;
 
 /// Why an IPComp payload could not be decompressed.
@@ -37,8 +40,14 @@ impl Deflate {
     /// shorter than `input`; `None` when the data would not shrink or `out` is too small, and
     /// the caller then sends the payload uncompressed (RFC 3173 section 2.2).
     pub fn compress(&mut self, input: &[u8], out: &mut [u8]) -> Option<usize> {
-        // Room for at most input.len() - 1 bytes: deflate stops as soon as it cannot win.
-        let room = out.len().min(input.len().checked_sub(1)?);
+        // zlib-rs 0.6 can panic when told to finish a stream into a buffer smaller than the
+        // input ("buf.len() must fit in remaining()"), which incompressible packets hit. So
+        // it always gets room for deflate's worst case (stored blocks: input plus a few
+        // bytes per 64 KiB), and the result is kept only if it is shorter than the input.
+        let room = input.len().checked_add(COMPRESS_SLACK)?;
+        if out.len() < room {
+            return None;
+        }
         self.compress.reset();
         let status = self
             .compress
@@ -47,7 +56,8 @@ impl Deflate {
         if status != Status::StreamEnd {
             return None;
         }
-        usize::try_from(self.compress.total_out()).ok()
+        let n = usize::try_from(self.compress.total_out()).ok()?;
+        (n < input.len()).then_some(n)
     }
 
     /// Decompresses one complete raw-deflate stream into `out` and returns its length. Never
@@ -130,7 +140,7 @@ mod tests {
         let mut deflate = Deflate::new();
         for len in [200, 500, 1400, 9000, IPCOMP_MAX_DECOMPRESSED] {
             let data = compressible(len);
-            let mut packed = vec![0u8; len];
+            let mut packed = vec![0u8; len + 64];
             let n = deflate.compress(&data, &mut packed).expect("shrinks");
             assert!(n < len);
             let mut unpacked = vec![0u8; IPCOMP_MAX_DECOMPRESSED];
@@ -147,8 +157,8 @@ mod tests {
     fn packets_are_independent() {
         let mut sender = Deflate::new();
         let data = compressible(1000);
-        let mut first = vec![0u8; 1000];
-        let mut second = vec![0u8; 1000];
+        let mut first = vec![0u8; 70_000];
+        let mut second = vec![0u8; 70_000];
         let n1 = sender.compress(&data, &mut first).expect("shrinks");
         let n2 = sender.compress(&data, &mut second).expect("shrinks");
         // No history from the first packet leaks into the second.
@@ -205,7 +215,7 @@ mod tests {
     fn decompression_bomb_is_too_large() {
         let mut deflate = Deflate::new();
         let zeros = vec![0u8; 1 << 20];
-        let mut bomb = vec![0u8; 1 << 20];
+        let mut bomb = vec![0u8; (1 << 20) + 64];
         let n = deflate.compress(&zeros, &mut bomb).expect("zeros shrink");
         assert!(n < 2048, "1 MiB of zeros took {n} bytes");
         // A larger buffer than the limit: the limit still holds and nothing past it is written.
@@ -232,7 +242,7 @@ mod tests {
     fn output_buffer_bounds_the_result() {
         let mut deflate = Deflate::new();
         let data = compressible(2000);
-        let mut packed = vec![0u8; 2000];
+        let mut packed = vec![0u8; 70_000];
         let n = deflate.compress(&data, &mut packed).expect("shrinks");
         for room in [0, 1000, 1999] {
             let mut out = vec![0x77u8; 2000];
@@ -268,7 +278,7 @@ mod tests {
             Err(DecompressError::Malformed)
         );
         let data = compressible(3000);
-        let mut packed = vec![0u8; 3000];
+        let mut packed = vec![0u8; 70_000];
         let n = deflate.compress(&data, &mut packed).expect("shrinks");
         for cut in [1, n / 2, n - 1] {
             assert_eq!(
