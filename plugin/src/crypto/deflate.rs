@@ -125,6 +125,34 @@ mod tests {
     use super::super::cipher::hex;
     use super::*;
 
+    /// zlib-rs panicked on incompressible data with a short output buffer (229 of 20 000
+    /// random packets); compress must never panic and never claim a gain it did not make.
+    #[test]
+    fn random_packets_never_panic_and_never_grow() {
+        let mut d = Deflate::new();
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut out = vec![0u8; 65536];
+        for i in 0..20_000usize {
+            let len = 1 + (i * 7919) % 1500;
+            let input: Vec<u8> = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    if i % 2 == 0 { x as u8 } else { (x % 7) as u8 }
+                })
+                .collect();
+            if let Some(n) = d.compress(&input, &mut out) {
+                assert!(n < input.len());
+                let mut back = vec![0u8; 2000];
+                assert_eq!(d.decompress(&out[..n], &mut back), Ok(len));
+                assert_eq!(back[..len], input[..]);
+            }
+        }
+        // A buffer without the slack is refused, not overrun.
+        assert_eq!(d.compress(&[0u8; 100], &mut [0u8; 100]), None);
+    }
+
     /// Text with the repetition IP payloads typically have.
     fn compressible(len: usize) -> Vec<u8> {
         b"GET /index.html HTTP/1.1\r\nHost: example.com\r\nAccept: */*\r\n\r\n"
