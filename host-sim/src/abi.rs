@@ -96,6 +96,16 @@ pub type InstallKeysFn = unsafe extern "C" fn(
     bundle: *const c_char,
     keys: *const c_char,
 ) -> u32;
+pub type OutboundBatchFn = unsafe extern "C" fn(
+    plugin: *const ipsec_plugin,
+    packets: *mut ipsec_packet,
+    count: usize,
+    verdicts: *mut u32,
+) -> u32;
+pub type SetLinkMtuFn = unsafe extern "C" fn(plugin: *const ipsec_plugin, mtu: u32) -> u32;
+pub type OverheadFn = unsafe extern "C" fn(plugin: *const ipsec_plugin, bytes: *mut u32) -> u32;
+pub type ControlListenFn =
+    unsafe extern "C" fn(plugin: *const ipsec_plugin, path: *const c_char) -> u32;
 pub type DumpFn = unsafe extern "C" fn(
     plugin: *const ipsec_plugin,
     format: u32,

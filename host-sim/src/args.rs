@@ -1,5 +1,5 @@
-//! Command-line parsing, by hand: two subcommands with a handful of options do not need a
-//! dependency. Every mistake is a `UsageError` (exit status 2), never a panic.
+//! Command-line parsing, by hand: three subcommands with a handful of options do not need
+//! a dependency. Every mistake is a `UsageError` (exit status 2), never a panic.
 
 use std::ffi::OsString;
 use std::net::Ipv4Addr;
@@ -10,6 +10,9 @@ usage:
   host-sim demo <scenario-dir> [--plugin PATH] [--log-dir DIR] [--debug]
   host-sim replay --config DIR --direction in|out --input IN.pcap --output OUT.pcap
                   [--local A.B.C.D] [--log PATH] [--keys FILE] [--plugin PATH] [--debug]
+  host-sim tun --config DIR --tun NAME --outer-if IFACE [--local A.B.C.D] [--mtu N]
+               [--tun-mtu N] [--keys FILE] [--control PATH] [--log PATH] [--plugin PATH]
+               [--debug]
   host-sim <command> --help
   host-sim --version";
 
@@ -20,6 +23,7 @@ its C ABI only, the way a C dialer or router does.
 commands:
   demo     run every machine of a cfg-samples scenario and send traffic between them
   replay   run the packets of a pcap file through one plugin instance
+  tun      a real host: plaintext on a TUN interface, protected packets on the network
 
 The plugin is the one named by --plugin, else libipsec_plugin.so beside the host-sim
 executable (where `cargo build` puts both), else in deps/ below it.
@@ -66,12 +70,63 @@ options:
   --plugin PATH     the plugin library to load
   --debug           open the plugin with IPSEC_OPEN_DEBUG";
 
+pub const TUN_HELP: &str = "\
+usage: host-sim tun --config DIR --tun NAME --outer-if IFACE [--local A.B.C.D] [--mtu N]
+                    [--tun-mtu N] [--keys FILE] [--control PATH] [--log PATH]
+                    [--plugin PATH] [--debug]
+
+A long-running host (one per machine, as root): creates the TUN interface NAME and routes
+the remote selectors of DIR/ipsec.cfg's bundles into it, so that the machine's own and
+forwarded traffic for them goes through the plugin's outbound hook and leaves on IFACE as
+raw IPv4 (ESP, AH, IPComp, or UDP 4500 for udp_encap bundles). ESP, AH, IPComp and UDP
+4500 packets that arrive go through the inbound hook, and what it returns goes into the
+TUN. Prints `ready ...` on stdout when up; then reads commands on stdin, one per line,
+each answered by lines ending in `ok ...` or `error ...`:
+
+  connect A.B.C.D   the host has this address now (bundles with local = 0.0.0.0 use it)
+  link-down         the dynamic address is gone
+  reload            re-read ipsec.cfg (bundles, routes, MTU)
+  dump [json]       the SA table
+  stats             host-sim's own packet counters
+  quit              exit (so do end of input, SIGTERM and SIGINT); the TUN goes away
+
+options:
+  --config DIR      directory of ipsec.cfg (or the file itself)
+  --tun NAME        the TUN interface to create (at most 15 bytes)
+  --outer-if IFACE  the interface protected packets leave on
+  --local A.B.C.D   connect with this address at start
+  --mtu N           the link MTU (default: IFACE's MTU); the TUN gets N minus the
+                    plugin's worst-case overhead
+  --tun-mtu N       give the TUN this MTU instead (the plugin then answers DF packets
+                    that do not fit with ICMP fragmentation needed)
+  --keys FILE       keys for keying = ike bundles, as for replay
+  --control PATH    serve the live SA table on PATH (ipsecdump --socket PATH)
+  --log PATH        the log file (default: ipsec.log in DIR)
+  --plugin PATH     the plugin library to load
+  --debug           open the plugin with IPSEC_OPEN_DEBUG";
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     Help(&'static str),
     Version,
     Demo(DemoArgs),
     Replay(ReplayArgs),
+    Tun(TunArgs),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunArgs {
+    pub config: PathBuf,
+    pub tun: String,
+    pub outer_if: String,
+    pub local: Option<Ipv4Addr>,
+    pub mtu: Option<u32>,
+    pub tun_mtu: Option<u32>,
+    pub keys: Option<PathBuf>,
+    pub control: Option<PathBuf>,
+    pub log: Option<PathBuf>,
+    pub plugin: Option<PathBuf>,
+    pub debug: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -159,6 +214,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
         Some(Arg::Positional(cmd)) => match cmd.to_str() {
             Some("demo") => parse_demo(args),
             Some("replay") => parse_replay(args),
+            Some("tun") => parse_tun(args),
             Some("help") => Ok(Command::Help(HELP)),
             _ => Err(UsageError(format!(
                 "unknown command {}",
@@ -234,13 +290,7 @@ fn parse_replay(mut args: Args) -> Result<Command, UsageError> {
                     }
                 })
             }
-            "--local" => {
-                let value = text(&f, args.value(&f, v)?)?;
-                let addr = value
-                    .parse()
-                    .map_err(|_| UsageError(format!("--local: {value} is not an IPv4 address")))?;
-                local = Some(addr);
-            }
+            "--local" => local = Some(ipv4(&f, args.value(&f, v)?)?),
             _ => return Err(UsageError(format!("replay: unknown option {f}"))),
         }
     }
@@ -253,6 +303,72 @@ fn parse_replay(mut args: Args) -> Result<Command, UsageError> {
         local,
         log,
         keys,
+        plugin,
+        debug,
+    }))
+}
+
+fn ipv4(name: &str, value: OsString) -> Result<Ipv4Addr, UsageError> {
+    let value = text(name, value)?;
+    value
+        .parse()
+        .map_err(|_| UsageError(format!("{name}: {value} is not an IPv4 address")))
+}
+
+/// An MTU: IPv4 needs at least 68 (RFC 791) and cannot carry more than 65535.
+fn mtu(name: &str, value: OsString) -> Result<u32, UsageError> {
+    let value = text(name, value)?;
+    value
+        .parse()
+        .ok()
+        .filter(|m| (68..=65535).contains(m))
+        .ok_or_else(|| UsageError(format!("{name}: {value} is not an MTU (68-65535)")))
+}
+
+fn parse_tun(mut args: Args) -> Result<Command, UsageError> {
+    let (mut config, mut tun, mut outer_if, mut local) = (None, None, None, None);
+    let (mut link_mtu, mut tun_mtu, mut keys, mut control) = (None, None, None, None);
+    let (mut log, mut plugin, mut debug) = (None, None, false);
+    while let Some(arg) = args.next() {
+        let (f, v) = match arg {
+            Arg::Flag(f, v) => (f, v),
+            Arg::Positional(p) => {
+                return Err(UsageError(format!(
+                    "tun: unexpected argument {}",
+                    p.to_string_lossy()
+                )))
+            }
+        };
+        match f.as_str() {
+            "-h" | "--help" => return Ok(Command::Help(TUN_HELP)),
+            "--config" => config = Some(args.value(&f, v)?.into()),
+            "--tun" => tun = Some(text(&f, args.value(&f, v)?)?),
+            "--outer-if" => outer_if = Some(text(&f, args.value(&f, v)?)?),
+            "--local" => local = Some(ipv4(&f, args.value(&f, v)?)?),
+            "--mtu" => link_mtu = Some(mtu(&f, args.value(&f, v)?)?),
+            "--tun-mtu" => tun_mtu = Some(mtu(&f, args.value(&f, v)?)?),
+            "--keys" => keys = Some(args.value(&f, v)?.into()),
+            "--control" => control = Some(args.value(&f, v)?.into()),
+            "--log" => log = Some(args.value(&f, v)?.into()),
+            "--plugin" => plugin = Some(args.value(&f, v)?.into()),
+            "--debug" => {
+                no_value(&f, v)?;
+                debug = true;
+            }
+            _ => return Err(UsageError(format!("tun: unknown option {f}"))),
+        }
+    }
+    let required = |name: &str| UsageError(format!("tun: {name} is required"));
+    Ok(Command::Tun(TunArgs {
+        config: config.ok_or_else(|| required("--config"))?,
+        tun: tun.ok_or_else(|| required("--tun"))?,
+        outer_if: outer_if.ok_or_else(|| required("--outer-if"))?,
+        local,
+        mtu: link_mtu,
+        tun_mtu,
+        keys,
+        control,
+        log,
         plugin,
         debug,
     }))
@@ -388,6 +504,95 @@ mod tests {
             "replay: unexpected argument extra.pcap"
         );
         assert_eq!(error(&with(&base, &["--local"])), "--local needs a value");
+    }
+
+    #[test]
+    fn parses_a_tun_command_and_its_mistakes() {
+        let base = [
+            "tun",
+            "--config",
+            "c",
+            "--tun",
+            "tun0",
+            "--outer-if",
+            "wan0",
+        ];
+        let cmd = parse_str(
+            &[
+                &base[..],
+                &[
+                    "--local=192.0.2.41",
+                    "--mtu",
+                    "1400",
+                    "--tun-mtu",
+                    "1400",
+                    "--keys",
+                    "k",
+                    "--control",
+                    "/run/s",
+                    "--log",
+                    "l",
+                    "--plugin",
+                    "p.so",
+                    "--debug",
+                ],
+            ]
+            .concat(),
+        )
+        .unwrap();
+        assert_eq!(
+            cmd,
+            Command::Tun(TunArgs {
+                config: "c".into(),
+                tun: "tun0".into(),
+                outer_if: "wan0".into(),
+                local: Some(Ipv4Addr::new(192, 0, 2, 41)),
+                mtu: Some(1400),
+                tun_mtu: Some(1400),
+                keys: Some("k".into()),
+                control: Some("/run/s".into()),
+                log: Some("l".into()),
+                plugin: Some("p.so".into()),
+                debug: true,
+            })
+        );
+        assert_eq!(
+            parse_str(&["tun", "--help"]).unwrap(),
+            Command::Help(TUN_HELP)
+        );
+        let Command::Tun(minimal) = parse_str(&base).unwrap() else {
+            panic!("not a tun command")
+        };
+        assert_eq!(
+            (minimal.local, minimal.mtu, minimal.control),
+            (None, None, None)
+        );
+        for missing in ["--config", "--tun", "--outer-if"] {
+            let i = base.iter().position(|a| *a == missing).unwrap();
+            let args: Vec<&str> = base
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i && *j != i + 1)
+                .map(|(_, a)| *a)
+                .collect();
+            assert_eq!(error(&args), format!("tun: {missing} is required"));
+        }
+        let with = |extra: &[&'static str]| error(&[&base[..], extra].concat());
+        assert_eq!(with(&["--mtu", "67"]), "--mtu: 67 is not an MTU (68-65535)");
+        assert_eq!(
+            with(&["--tun-mtu", "65536"]),
+            "--tun-mtu: 65536 is not an MTU (68-65535)"
+        );
+        assert_eq!(
+            with(&["--mtu", "big"]),
+            "--mtu: big is not an MTU (68-65535)"
+        );
+        assert_eq!(with(&["--local", "x"]), "--local: x is not an IPv4 address");
+        assert_eq!(
+            with(&["--direction", "in"]),
+            "tun: unknown option --direction"
+        );
+        assert_eq!(with(&["extra"]), "tun: unexpected argument extra");
     }
 
     #[test]

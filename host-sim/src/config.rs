@@ -70,6 +70,8 @@ pub struct BundleCfg {
     pub protocol: Option<u8>,
     pub local_port: Option<u16>,
     pub remote_port: Option<u16>,
+    /// ESP in UDP (RFC 3948): `tun` then listens on UDP port 4500.
+    pub udp_encap: bool,
 }
 
 fn protocol_number(value: &str) -> Option<Option<u8>> {
@@ -126,6 +128,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Vec<BundleCfg>, String> {
                     protocol: None,
                     local_port: None,
                     remote_port: None,
+                    udp_encap: false,
                 },
             });
             continue;
@@ -155,6 +158,13 @@ pub fn parse(text: &str, file: &Path) -> Result<Vec<BundleCfg>, String> {
             "protocol" => b.protocol = protocol_number(value).ok_or_else(bad)?,
             "local_port" => b.local_port = port(value).ok_or_else(bad)?,
             "remote_port" => b.remote_port = port(value).ok_or_else(bad)?,
+            "udp_encap" => {
+                b.udp_encap = match value.to_ascii_lowercase().as_str() {
+                    "yes" => true,
+                    "no" => false,
+                    _ => return Err(bad()),
+                }
+            }
             _ => {}
         }
     }
@@ -211,6 +221,7 @@ mod tests {
         assert_eq!(bundles[0].local_subnet, Cidr::parse("10.1.0.0/16"));
         assert_eq!(bundles[1].local, Ipv4Addr::UNSPECIFIED);
         assert!(!bundles[1].tunnel);
+        assert!(!bundles[0].udp_encap, "udp_encap defaults to no");
         assert_eq!(
             (
                 bundles[1].protocol,
@@ -236,5 +247,9 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.contains(":4:"), "{err}");
+        let text = "[a]\nlocal = 192.0.2.1\nremote = 192.0.2.2\nudp_encap = YES\n";
+        assert!(parse(text, path).unwrap()[0].udp_encap);
+        let err = parse(&text.replace("YES", "maybe"), path).unwrap_err();
+        assert!(err.starts_with("m/ipsec.cfg:4: [a] udp_encap"), "{err}");
     }
 }

@@ -12,6 +12,8 @@ mod packet;
 mod pcap;
 mod plugin;
 mod replay;
+mod sys;
+mod tun;
 
 use std::process::ExitCode;
 
@@ -38,6 +40,7 @@ fn main() -> ExitCode {
             Ok(true)
         }
         Command::Demo(demo_args) => demo::run(&demo_args),
+        Command::Tun(tun_args) => tun::run(&tun_args),
         Command::Replay(replay_args) => replay::run(&replay_args).map(|counts| {
             if counts.skipped > 0 {
                 eprintln!("skipped {} frames that are not IPv4", counts.skipped);

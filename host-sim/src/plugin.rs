@@ -62,16 +62,26 @@ pub enum Direction {
 
 /// The loaded library and its entry points. The function pointers stay valid while `_lib`
 /// is alive, which every instance guarantees by holding an `Arc` to this.
+///
+/// Functions added to the ABI after its first release are `Option`s: a host must still run
+/// against a library that predates them (the ABI version does not change when functions
+/// are added), and only the commands that need one refuse such a library.
 pub struct PluginLibrary {
     version: String,
     status_describe: abi::StatusDescribeFn,
     plugin_new: abi::PluginNewFn,
     plugin_free: abi::PluginFreeFn,
     outbound: abi::HookFn,
+    outbound_batch: abi::OutboundBatchFn,
     inbound: abi::HookFn,
     connect: abi::ConnectFn,
+    link_down: abi::PluginFn,
+    reload: abi::PluginFn,
     install_keys: abi::InstallKeysFn,
     dump: abi::DumpFn,
+    set_link_mtu: Option<abi::SetLinkMtuFn>,
+    overhead: Option<abi::OverheadFn>,
+    control_listen: Option<abi::ControlListenFn>,
     _lib: libloading::Library,
 }
 
@@ -93,6 +103,14 @@ impl PluginLibrary {
                 .map(|s| *s)
                 .map_err(|e| format!("plugin lacks {name}: {e}"))
         }
+        /// Like `symbol`, for a function a library may predate.
+        ///
+        /// # Safety
+        /// As for `symbol`.
+        unsafe fn optional<T: Copy>(lib: &libloading::Library, name: &str) -> Option<T> {
+            // SAFETY: per this function's contract.
+            unsafe { lib.get::<T>(name.as_bytes()) }.ok().map(|s| *s)
+        }
         // SAFETY: each type below is the header's prototype of that symbol (abi.rs).
         unsafe {
             let abi_version: abi::AbiVersionFn = symbol(&lib, "ipsec_abi_version")?;
@@ -112,10 +130,16 @@ impl PluginLibrary {
                 plugin_new: symbol(&lib, "ipsec_plugin_new")?,
                 plugin_free: symbol(&lib, "ipsec_plugin_free")?,
                 outbound: symbol(&lib, "ipsec_plugin_outbound")?,
+                outbound_batch: symbol(&lib, "ipsec_plugin_outbound_batch")?,
                 inbound: symbol(&lib, "ipsec_plugin_inbound")?,
                 connect: symbol(&lib, "ipsec_plugin_connect")?,
+                link_down: symbol(&lib, "ipsec_plugin_link_down")?,
+                reload: symbol(&lib, "ipsec_plugin_reload")?,
                 install_keys: symbol(&lib, "ipsec_plugin_install_keys")?,
                 dump: symbol(&lib, "ipsec_plugin_dump")?,
+                set_link_mtu: optional(&lib, "ipsec_plugin_set_link_mtu"),
+                overhead: optional(&lib, "ipsec_plugin_overhead"),
+                control_listen: optional(&lib, "ipsec_plugin_control_listen"),
                 _lib: lib,
             }))
         }
@@ -123,6 +147,22 @@ impl PluginLibrary {
 
     pub fn version(&self) -> &str {
         &self.version
+    }
+
+    /// The names of the functions `host-sim tun` needs that this library lacks.
+    pub fn missing_for_tun(&self) -> Vec<&'static str> {
+        let mut missing = Vec::new();
+        if self.set_link_mtu.is_none() {
+            missing.push("ipsec_plugin_set_link_mtu");
+        }
+        if self.overhead.is_none() {
+            missing.push("ipsec_plugin_overhead");
+        }
+        missing
+    }
+
+    pub fn has_control_listen(&self) -> bool {
+        self.control_listen.is_some()
     }
 
     fn status(&self, code: u32) -> Status {
@@ -152,13 +192,30 @@ unsafe fn c_text(p: *const c_char) -> String {
     unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
 }
 
-/// What the plugin hands back to host-sim through the callbacks. host-sim is single
-/// threaded, but the plugin may call from any thread it is called on, hence the locks.
+/// Receives output-window lines as they come.
+pub type LineSink = Box<dyn Fn(&str) + Send + Sync>;
+/// Receives the packets the plugin emits, during the call that emits them.
+pub type PacketSink = Box<dyn Fn(Direction, &[u8]) + Send + Sync>;
+
+/// Where an instance's callbacks go. The default (demo, replay) queues lines and packets
+/// for `take_lines` / `take_emitted` and runs the plugin on the clock `set_clock_ms` sets;
+/// a real host (`tun`) hands both on at once and lets the plugin read the system clock.
+#[derive(Default)]
+pub struct HostHooks {
+    pub on_line: Option<LineSink>,
+    pub on_packet: Option<PacketSink>,
+    pub system_clock: bool,
+}
+
+/// What the plugin hands back to host-sim through the callbacks. The plugin may call from
+/// any thread that is inside a call into it, several at once, hence locks and `Sync` sinks.
 #[derive(Default)]
 pub struct HostState {
     now_ms: AtomicU64,
     lines: Mutex<Vec<String>>,
     emitted: Mutex<Vec<(Direction, Vec<u8>)>>,
+    on_line: Option<LineSink>,
+    on_packet: Option<PacketSink>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -170,7 +227,10 @@ unsafe extern "C" fn output_window(context: *mut c_void, line: *const c_char) {
         // SAFETY: `context` is the HostState this instance registered, alive until after
         // ipsec_plugin_free; `line` is valid during the call.
         let (host, line) = unsafe { (&*context.cast::<HostState>(), c_text(line)) };
-        lock(&host.lines).push(line);
+        match &host.on_line {
+            Some(sink) => sink(&line),
+            None => lock(&host.lines).push(line),
+        }
     });
 }
 
@@ -201,7 +261,10 @@ unsafe extern "C" fn emit_packet(
             abi::IPSEC_DIRECTION_INBOUND => Direction::Inbound,
             _ => Direction::Outbound,
         };
-        lock(&host.emitted).push((direction, bytes.to_vec()));
+        match &host.on_packet {
+            Some(sink) => sink(direction, bytes),
+            None => lock(&host.emitted).push((direction, bytes.to_vec())),
+        }
     });
 }
 
@@ -230,10 +293,64 @@ impl PacketBuffer {
         }
     }
 
+    /// An empty buffer for packets of up to `max_packet` bytes, to `fill` again and again.
+    pub fn with_room(max_packet: usize) -> PacketBuffer {
+        PacketBuffer {
+            buf: vec![0; Self::HEADROOM + max_packet + Self::TAILROOM],
+            offset: Self::HEADROOM,
+            len: 0,
+        }
+    }
+
+    /// Replaces the packet with what `read` puts at the start of the room it is given
+    /// (everything between the headroom and the tailroom), e.g. one read from a socket.
+    pub fn fill(
+        &mut self,
+        read: impl FnOnce(&mut [u8]) -> std::io::Result<usize>,
+    ) -> std::io::Result<usize> {
+        let end = self.buf.len() - Self::TAILROOM;
+        self.offset = Self::HEADROOM;
+        self.len = 0;
+        let n = read(&mut self.buf[Self::HEADROOM..end])?.min(end - Self::HEADROOM);
+        self.len = n;
+        Ok(n)
+    }
+
     pub fn bytes(&self) -> &[u8] {
         &self.buf[self.offset..self.offset + self.len]
     }
+
+    /// The struct a hook takes; it points into `buf`, which the caller keeps borrowed.
+    fn raw(&mut self) -> abi::ipsec_packet {
+        abi::ipsec_packet {
+            buffer: self.buf.as_mut_ptr(),
+            capacity: self.buf.len(),
+            offset: self.offset,
+            length: self.len,
+        }
+    }
+
+    /// Takes a hook's verdict and, for a transformed packet, its new bounds: trusted only if
+    /// they are inside our buffer.
+    fn apply(&mut self, verdict: u32, raw: &abi::ipsec_packet) -> Verdict {
+        match verdict {
+            abi::IPSEC_VERDICT_PASS => Verdict::Pass,
+            abi::IPSEC_VERDICT_TRANSFORMED => match raw.offset.checked_add(raw.length) {
+                Some(end) if end <= self.buf.len() => {
+                    self.offset = raw.offset;
+                    self.len = raw.length;
+                    Verdict::Transformed
+                }
+                _ => Verdict::Drop,
+            },
+            abi::IPSEC_VERDICT_HELD => Verdict::Held,
+            _ => Verdict::Drop,
+        }
+    }
 }
+
+/// The most packets one `outbound_batch` call takes.
+pub const MAX_BATCH: usize = 32;
 
 /// One plugin instance; freed on drop.
 pub struct PluginInstance {
@@ -242,6 +359,15 @@ pub struct PluginInstance {
     /// Boxed so its address, the callbacks' context, never moves.
     host: Box<HostState>,
 }
+
+// SAFETY: the ABI lets every function that takes `const ipsec_plugin *` run on any thread,
+// concurrently with the others on the same handle (docs/c-abi.md section 5); those are the
+// only ones `&self` methods call. `ipsec_plugin_free` runs in `Drop`, which has the instance
+// to itself. The callbacks' context, `HostState`, is itself `Send + Sync` (atomics, mutexes,
+// `Send + Sync` sinks), and the library's function pointers are plain code addresses.
+unsafe impl Send for PluginInstance {}
+// SAFETY: as for Send.
+unsafe impl Sync for PluginInstance {}
 
 /// How `open` went when it produced an instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -257,6 +383,8 @@ fn c_path(path: &Path) -> Result<CString, String> {
 }
 
 impl PluginInstance {
+    /// Opens an instance whose callbacks queue (see `HostHooks`), on a clock starting at
+    /// `now_ms`.
     pub fn open(
         lib: &Arc<PluginLibrary>,
         config: &Path,
@@ -264,12 +392,40 @@ impl PluginInstance {
         debug: bool,
         now_ms: u64,
     ) -> Result<(PluginInstance, OpenOutcome), String> {
-        let config_c = c_path(config)?;
-        let log_c = log.map(c_path).transpose()?;
-        let host = Box::new(HostState {
+        let host = HostState {
             now_ms: AtomicU64::new(now_ms),
             ..HostState::default()
-        });
+        };
+        Self::open_with(lib, config, log, debug, host, false)
+    }
+
+    /// Opens an instance whose callbacks go where `hooks` say.
+    pub fn open_hooked(
+        lib: &Arc<PluginLibrary>,
+        config: &Path,
+        log: Option<&Path>,
+        debug: bool,
+        hooks: HostHooks,
+    ) -> Result<(PluginInstance, OpenOutcome), String> {
+        let host = HostState {
+            on_line: hooks.on_line,
+            on_packet: hooks.on_packet,
+            ..HostState::default()
+        };
+        Self::open_with(lib, config, log, debug, host, hooks.system_clock)
+    }
+
+    fn open_with(
+        lib: &Arc<PluginLibrary>,
+        config: &Path,
+        log: Option<&Path>,
+        debug: bool,
+        host: HostState,
+        system_clock: bool,
+    ) -> Result<(PluginInstance, OpenOutcome), String> {
+        let config_c = c_path(config)?;
+        let log_c = log.map(c_path).transpose()?;
+        let host = Box::new(host);
         let options = abi::ipsec_open_options {
             abi_version: abi::IPSEC_ABI_VERSION,
             config_path: config_c.as_ptr(),
@@ -282,7 +438,7 @@ impl PluginInstance {
             abi_version: abi::IPSEC_ABI_VERSION,
             context: (&*host as *const HostState).cast_mut().cast(),
             output_window: Some(output_window),
-            clock_ms: Some(clock_ms),
+            clock_ms: if system_clock { None } else { Some(clock_ms) },
             emit_packet: Some(emit_packet),
             reserved: [ptr::null_mut(); 4],
         };
@@ -294,6 +450,7 @@ impl PluginInstance {
             abi::IPSEC_OK => OpenOutcome::Ok,
             abi::IPSEC_CONFIG_PARTIAL => OpenOutcome::Partial,
             _ => {
+                // With a line sink the lines were shown already.
                 let lines = lock(&host.lines).join("\n");
                 return Err(format!(
                     "cannot open the plugin on {}: {}\n{lines}",
@@ -337,30 +494,44 @@ impl PluginInstance {
     }
 
     fn hook(&self, hook: abi::HookFn, packet: &mut PacketBuffer) -> Verdict {
-        let mut raw = abi::ipsec_packet {
-            buffer: packet.buf.as_mut_ptr(),
-            capacity: packet.buf.len(),
-            offset: packet.offset,
-            length: packet.len,
-        };
+        let mut raw = packet.raw();
         // SAFETY: a live handle; `raw` describes `packet.buf`, which we borrow mutably for
         // the call, and `raw` itself lives outside that buffer.
         let verdict = unsafe { hook(self.handle.as_ptr(), &mut raw) };
-        match verdict {
-            abi::IPSEC_VERDICT_PASS => Verdict::Pass,
-            abi::IPSEC_VERDICT_TRANSFORMED => {
-                // Trust the new bounds only if they are inside our buffer.
-                match raw.offset.checked_add(raw.length) {
-                    Some(end) if end <= packet.buf.len() => {
-                        packet.offset = raw.offset;
-                        packet.len = raw.length;
-                        Verdict::Transformed
-                    }
-                    _ => Verdict::Drop,
-                }
-            }
-            abi::IPSEC_VERDICT_HELD => Verdict::Held,
-            _ => Verdict::Drop,
+        packet.apply(verdict, &raw)
+    }
+
+    /// The outbound hook for up to `MAX_BATCH` packets at once; `verdicts[i]` is packet i's.
+    /// Packets beyond `MAX_BATCH` or beyond `verdicts` are not offered (and keep their
+    /// verdict slot untouched). Allocates nothing.
+    pub fn outbound_batch(&self, packets: &mut [PacketBuffer], verdicts: &mut [Verdict]) {
+        let n = packets.len().min(verdicts.len()).min(MAX_BATCH);
+        let mut raw: [abi::ipsec_packet; MAX_BATCH] = std::array::from_fn(|_| abi::ipsec_packet {
+            buffer: ptr::null_mut(),
+            capacity: 0,
+            offset: 0,
+            length: 0,
+        });
+        for (r, p) in raw.iter_mut().zip(packets[..n].iter_mut()) {
+            *r = p.raw();
+        }
+        let mut codes = [abi::IPSEC_VERDICT_DROP; MAX_BATCH];
+        // SAFETY: a live handle; the first `n` entries of `raw` describe the buffers of `n`
+        // distinct PacketBuffers (so they do not overlap), all borrowed mutably for the
+        // call; `codes` has room for `n` verdicts; neither array lives inside a buffer.
+        let status = unsafe {
+            (self.lib.outbound_batch)(
+                self.handle.as_ptr(),
+                raw.as_mut_ptr(),
+                n,
+                codes.as_mut_ptr(),
+            )
+        };
+        if status != abi::IPSEC_OK {
+            codes = [abi::IPSEC_VERDICT_DROP; MAX_BATCH];
+        }
+        for i in 0..n {
+            verdicts[i] = packets[i].apply(codes[i], &raw[i]);
         }
     }
 
@@ -368,6 +539,53 @@ impl PluginInstance {
         // SAFETY: a live handle.
         self.lib
             .check(unsafe { (self.lib.connect)(self.handle.as_ptr(), u32::from(local)) })
+    }
+
+    pub fn link_down(&self) -> Result<(), Status> {
+        // SAFETY: a live handle.
+        self.lib
+            .check(unsafe { (self.lib.link_down)(self.handle.as_ptr()) })
+    }
+
+    /// Re-reads ipsec.cfg; `Ok(Partial)` when some bundles have errors.
+    pub fn reload(&self) -> Result<OpenOutcome, Status> {
+        // SAFETY: a live handle.
+        match unsafe { (self.lib.reload)(self.handle.as_ptr()) } {
+            abi::IPSEC_OK => Ok(OpenOutcome::Ok),
+            abi::IPSEC_CONFIG_PARTIAL => Ok(OpenOutcome::Partial),
+            code => Err(self.lib.status(code)),
+        }
+    }
+
+    /// Tells the plugin the MTU of the link protected packets leave on. `None` when the
+    /// library predates `ipsec_plugin_set_link_mtu`.
+    pub fn set_link_mtu(&self, mtu: u32) -> Option<Result<(), Status>> {
+        let f = self.lib.set_link_mtu?;
+        // SAFETY: a live handle.
+        Some(self.lib.check(unsafe { f(self.handle.as_ptr(), mtu) }))
+    }
+
+    /// The most bytes the active bundles add to a packet. `None` when the library predates
+    /// `ipsec_plugin_overhead`.
+    pub fn overhead(&self) -> Option<Result<u32, Status>> {
+        let f = self.lib.overhead?;
+        let mut bytes = 0u32;
+        // SAFETY: a live handle and a writable u32.
+        let code = unsafe { f(self.handle.as_ptr(), &mut bytes) };
+        Some(self.lib.check(code).map(|()| bytes))
+    }
+
+    /// Serves the SA table on a local socket at `path` (for `ipsecdump --socket`); `None`
+    /// stops serving. `None` when the library predates `ipsec_plugin_control_listen`.
+    pub fn control_listen(&self, path: Option<&Path>) -> Option<Result<(), Status>> {
+        let f = self.lib.control_listen?;
+        let path_c = match path.map(c_path).transpose() {
+            Ok(p) => p,
+            Err(_) => return Some(Err(self.lib.status(abi::IPSEC_ERR_INVALID))),
+        };
+        let ptr = path_c.as_ref().map_or(ptr::null(), |c| c.as_ptr());
+        // SAFETY: a live handle and NULL or a NUL-terminated path valid for the call.
+        Some(self.lib.check(unsafe { f(self.handle.as_ptr(), ptr) }))
     }
 
     pub fn install_keys(&self, bundle: &str, keys: &str) -> Result<(), Status> {

@@ -175,7 +175,12 @@ fn read_pcap_le(path: &Path) -> (u32, Vec<Vec<u8>>) {
 
 #[test]
 fn help_is_answered_everywhere() {
-    for args in [&["--help"][..], &["demo", "--help"], &["replay", "-h"]] {
+    for args in [
+        &["--help"][..],
+        &["demo", "--help"],
+        &["replay", "-h"],
+        &["tun", "--help"],
+    ] {
         let out = Command::new(HOST_SIM).args(args).output().unwrap();
         assert!(out.status.success(), "{args:?}");
         assert!(
@@ -189,6 +194,17 @@ fn help_is_answered_everywhere() {
         .output()
         .unwrap();
     assert!(stdout(&out).contains("held packets (waiting for keys) count as dropped"));
+    let out = Command::new(HOST_SIM).args(["tun", "-h"]).output().unwrap();
+    for command in [
+        "connect A.B.C.D",
+        "link-down",
+        "reload",
+        "dump",
+        "stats",
+        "quit",
+    ] {
+        assert!(stdout(&out).contains(command), "tun help lacks {command}");
+    }
 }
 
 #[test]
@@ -199,6 +215,18 @@ fn bad_command_lines_exit_2_with_usage() {
         &["demo"],
         &["replay", "--direction", "sideways"],
         &["demo", "x", "--plugin"],
+        &["tun", "--config", "c", "--tun", "t"],
+        &[
+            "tun",
+            "--config",
+            "c",
+            "--tun",
+            "t",
+            "--outer-if",
+            "o",
+            "--mtu",
+            "9",
+        ],
     ] {
         let out = Command::new(HOST_SIM).args(args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");
@@ -245,6 +273,42 @@ fn corrupt_and_missing_inputs_exit_1_with_a_message() {
 
     let intact = dir.write("good.pcap", &good);
     let out = common(&intact);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("cannot load plugin"),
+        "{}",
+        stderr(&out)
+    );
+
+    // tun checks what it was given before it touches the system.
+    let cfg = dir.write(
+        "cfg/ipsec.cfg",
+        "[a]\nlocal = 192.0.2.1\nremote = 192.0.2.2\n",
+    );
+    let tun = |config: &Path, outer: &str| {
+        run(&[
+            &"tun",
+            &"--config",
+            &config.to_path_buf(),
+            &"--tun",
+            &"hstest0",
+            &"--outer-if",
+            &outer,
+            &"--plugin",
+            &dir.path("no-such-plugin.so"),
+        ])
+    };
+    let out = tun(&dir.path("no-cfg"), "lo");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("cannot read"), "{}", stderr(&out));
+    let out = tun(&cfg, "no-such-if0");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("no interface no-such-if0"),
+        "{}",
+        stderr(&out)
+    );
+    let out = tun(&cfg, "lo");
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out).contains("cannot load plugin"),
