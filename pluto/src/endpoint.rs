@@ -1,0 +1,858 @@
+//! The daemon's sans-IO core: owns the connections, the ISAKMP SAs with their exchanges,
+//! the child SAs' lifetimes, and the keying requests; datagrams and time go in,
+//! datagrams, a next timeout and events come out (quinn-proto's shape).
+
+use std::collections::VecDeque;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use ipsec_plugin::config::Cidr;
+
+use crate::config::{sequential_spis, Connection, EndpointConfig, SpiAllocator};
+use crate::ctx::{Ctx, EndpointRng, Outcome, Settings, Transmit};
+use crate::event::{ChildSa, DeleteReason, Event, ExchangeId, LogLevel, SpiSet};
+use crate::informational;
+use crate::main_mode::{IkeSa, MmState};
+use crate::quick::{QmState, QuickMode, Responded};
+use crate::wire::{ExchangeType, Header, HeaderRepr, ProtocolId};
+
+/// Quick Mode message IDs remembered per ISAKMP SA (replays of older ones are dropped).
+const REMEMBERED_QUICK_IDS: usize = 256;
+
+/// The parts of the endpoint that exchange handlers write to.
+struct Io {
+    settings: Settings,
+    rng: EndpointRng,
+    spis: SpiAllocator,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+}
+
+impl Io {
+    fn ctx<'a>(&'a mut self, now: Instant, outcomes: &'a mut Vec<Outcome>) -> Ctx<'a> {
+        Ctx {
+            now,
+            settings: &self.settings,
+            rng: &mut self.rng,
+            spis: &mut self.spis,
+            transmits: &mut self.transmits,
+            events: &mut self.events,
+            outcomes,
+        }
+    }
+
+    fn event(&mut self, e: Event) {
+        self.events.push_back(e);
+    }
+
+    fn log(&mut self, level: LogLevel, conn: Option<&str>, message: String) {
+        self.events.push_back(Event::Log {
+            level,
+            conn: conn.map(str::to_owned),
+            message,
+        });
+    }
+}
+
+/// A caller's (or a rekey's) wish to have a connection keyed, kept across retries.
+struct Request {
+    id: ExchangeId,
+    conn: String,
+    attempts: u32,
+    retry_at: Option<Instant>,
+}
+
+/// An established child SA bundle, for its lifetime.
+struct ChildRecord {
+    conn: String,
+    peer: Ipv4Addr,
+    selectors: (Cidr, Cidr, u8, u16, u16),
+    inbound: SpiSet,
+    outbound: SpiSet,
+    rekey_at: Option<Instant>,
+    expires_at: Instant,
+    /// A newer bundle for the same traffic exists: nothing is sent on this one any more,
+    /// but it is accepted on until it expires.
+    superseded: bool,
+}
+
+pub struct Endpoint {
+    io: Io,
+    local_address: Option<Ipv4Addr>,
+    connections: Vec<Connection>,
+    ike_sas: Vec<IkeSa>,
+    children: Vec<ChildRecord>,
+    requests: Vec<Request>,
+    next_id: u64,
+}
+
+fn selectors_of(c: &ChildSa) -> (Cidr, Cidr, u8, u16, u16) {
+    (
+        c.local_selector,
+        c.remote_selector,
+        c.protocol,
+        c.local_port,
+        c.remote_port,
+    )
+}
+
+impl Endpoint {
+    pub fn new(config: EndpointConfig) -> Endpoint {
+        let mut rng = EndpointRng::new(config.rng_seed);
+        let spis = config.spi_allocator.unwrap_or_else(|| {
+            let r = rng.rng();
+            sequential_spis(r.next_u32() & 0x7fff_ffff, r.next_u32() as u16)
+        });
+        Endpoint {
+            io: Io {
+                settings: Settings {
+                    ike_port: config.ike_port,
+                    // Bounded so that timer arithmetic cannot overflow.
+                    retransmit_base: config
+                        .retransmit_base
+                        .clamp(Duration::from_millis(1), Duration::from_secs(3600)),
+                    max_retransmits: config.max_retransmits.min(10),
+                    max_half_open: config.max_half_open,
+                },
+                rng,
+                spis,
+                transmits: VecDeque::new(),
+                events: VecDeque::new(),
+            },
+            local_address: config.local_address,
+            connections: Vec::new(),
+            ike_sas: Vec::new(),
+            children: Vec::new(),
+            requests: Vec::new(),
+            next_id: 1,
+        }
+    }
+
+    /// Adds a connection, or replaces the one of the same name. Responders need their
+    /// connections added before a peer's Main Mode arrives.
+    pub fn add_connection(&mut self, conn: Connection) {
+        match self.connections.iter_mut().find(|c| c.name == conn.name) {
+            Some(c) => *c = conn,
+            None => self.connections.push(conn),
+        }
+    }
+
+    pub fn connections(&self) -> &[Connection] {
+        &self.connections
+    }
+
+    /// The host's current address, used for connections whose `local` is 0.0.0.0.
+    pub fn set_local_address(&mut self, address: Option<Ipv4Addr>) {
+        self.local_address = address;
+    }
+
+    /// Keys `conn` (adding or updating it first): Quick Mode on an ISAKMP SA with the
+    /// peer, after Main Mode if there is none yet.
+    pub fn initiate(&mut self, now: Instant, conn: &Connection) -> ExchangeId {
+        self.add_connection(conn.clone());
+        let id = self.new_request(&conn.name);
+        let mut outcomes = Vec::new();
+        self.start_request(now, id, &mut outcomes);
+        self.process(now, outcomes);
+        id
+    }
+
+    /// Deletes every child SA and ISAKMP SA of a connection, telling the peer.
+    pub fn delete(&mut self, now: Instant, conn: &str) {
+        let mut outcomes = Vec::new();
+        let mut ctx = self.io.ctx(now, &mut outcomes);
+        let (gone, kept): (Vec<ChildRecord>, Vec<ChildRecord>) = std::mem::take(&mut self.children)
+            .into_iter()
+            .partition(|c| c.conn == conn);
+        self.children = kept;
+        for child in gone {
+            if let Some(sa) = self
+                .ike_sas
+                .iter()
+                .find(|s| s.p1.is_established() && *s.p1.remote.ip() == child.peer)
+            {
+                send_child_delete(&mut ctx, sa, &child.inbound);
+            }
+            ctx.events.push_back(Event::ChildSaDeleted {
+                conn: child.conn,
+                peer: child.peer,
+                inbound: child.inbound,
+                outbound: child.outbound,
+                reason: DeleteReason::Local,
+            });
+        }
+        for sa in self
+            .ike_sas
+            .iter_mut()
+            .filter(|s| s.p1.conn.name == conn && s.p1.state != MmState::Dead)
+        {
+            if sa.p1.is_established() {
+                let cookies = [sa.p1.cky_i, sa.p1.cky_r].concat();
+                informational::send_delete(&mut ctx, &sa.p1, ProtocolId::Isakmp, vec![cookies]);
+                ctx.events.push_back(Event::Phase1Deleted {
+                    conn: conn.to_owned(),
+                    peer: *sa.p1.remote.ip(),
+                    reason: DeleteReason::Local,
+                });
+            }
+            sa.p1.state = MmState::Dead;
+            sa.p1.pending.clear();
+            for qm in &mut sa.quick {
+                qm.request = None;
+            }
+        }
+        self.requests.retain(|r| r.conn != conn);
+        self.process(now, outcomes);
+    }
+
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        from: SocketAddrV4,
+        to: SocketAddrV4,
+        data: &[u8],
+    ) {
+        let parsed = Header::new_checked(data).and_then(|h| Ok((HeaderRepr::parse(&h)?, h)));
+        let (repr, header) = match parsed {
+            Ok(v) => v,
+            Err(e) => {
+                self.io.log(
+                    LogLevel::Debug,
+                    None,
+                    format!("dropping datagram from {from}: {e}"),
+                );
+                return;
+            }
+        };
+        let datagram = &data[..repr.length as usize];
+        let body = header.body();
+        let mut outcomes = Vec::new();
+        match repr.exchange {
+            ExchangeType::IdentityProtection => {
+                self.on_main_mode(now, from, to, &repr, datagram, body, &mut outcomes)
+            }
+            ExchangeType::QuickMode => {
+                self.on_quick_mode(now, from, &repr, datagram, body, &mut outcomes)
+            }
+            ExchangeType::Informational => {
+                if let Some(i) = self.find_sa(&repr, from) {
+                    let mut ctx = self.io.ctx(now, &mut outcomes);
+                    informational::handle(&mut ctx, &mut self.ike_sas[i], &repr, body);
+                }
+            }
+            other => self.io.log(
+                LogLevel::Warning,
+                None,
+                format!("{from} started a {other:?} exchange, which is not supported"),
+            ),
+        }
+        self.process(now, outcomes);
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let mut outcomes = Vec::new();
+        let linger = self.io.settings.retransmit_window() + self.io.settings.retransmit_base;
+        {
+            let mut ctx = self.io.ctx(now, &mut outcomes);
+            for sa in &mut self.ike_sas {
+                if !sa.p1.is_established() {
+                    sa.p1.on_timeout(&mut ctx);
+                } else if sa.p1.expires_at.is_some_and(|t| t <= now) {
+                    sa.p1.state = MmState::Dead;
+                    ctx.log(
+                        LogLevel::Info,
+                        Some(sa.p1.name()),
+                        format!("ISAKMP SA with {} expired", sa.p1.remote),
+                    );
+                    ctx.events.push_back(Event::Phase1Deleted {
+                        conn: sa.p1.conn.name.clone(),
+                        peer: *sa.p1.remote.ip(),
+                        reason: DeleteReason::Expired,
+                    });
+                }
+                for qm in &mut sa.quick {
+                    qm.on_timeout(&mut ctx, &sa.p1);
+                }
+                sa.quick.retain(|q| {
+                    !(q.state == QmState::Done && q.done_at.is_some_and(|t| t + linger <= now))
+                });
+            }
+        }
+        self.expire_children(now);
+        let rekeys: Vec<String> = self
+            .children
+            .iter_mut()
+            .filter(|c| c.rekey_at.is_some_and(|t| t <= now))
+            .map(|c| {
+                c.rekey_at = None;
+                c.conn.clone()
+            })
+            .collect();
+        for conn in rekeys {
+            self.io.log(
+                LogLevel::Info,
+                Some(&conn),
+                "rekeying: the IPsec SA nears its lifetime".into(),
+            );
+            let id = self.new_request(&conn);
+            self.start_request(now, id, &mut outcomes);
+        }
+        let due: Vec<ExchangeId> = self
+            .requests
+            .iter()
+            .filter(|r| r.retry_at.is_some_and(|t| t <= now))
+            .map(|r| r.id)
+            .collect();
+        for id in due {
+            self.start_request(now, id, &mut outcomes);
+        }
+        self.process(now, outcomes);
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.io.transmits.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.io.events.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let linger = self.io.settings.retransmit_window() + self.io.settings.retransmit_base;
+        let sas = self.ike_sas.iter().flat_map(|sa| {
+            let own = [sa.p1.flight.deadline(), sa.p1.expires_at];
+            let quick = sa
+                .quick
+                .iter()
+                .flat_map(move |q| [q.flight.deadline(), q.done_at.map(|t| t + linger)]);
+            own.into_iter().chain(quick)
+        });
+        let children = self
+            .children
+            .iter()
+            .flat_map(|c| [c.rekey_at, Some(c.expires_at)]);
+        let requests = self.requests.iter().map(|r| r.retry_at);
+        sas.chain(children).chain(requests).flatten().min()
+    }
+
+    // ------------------------------------------------------------ dispatch
+
+    /// The ISAKMP SA a message belongs to: by both cookies, or, for the responder's first
+    /// answer (which brings its cookie), by ours alone.
+    fn find_sa(&self, h: &HeaderRepr, from: SocketAddrV4) -> Option<usize> {
+        let live = |sa: &IkeSa| sa.p1.state != MmState::Dead && sa.p1.remote.ip() == from.ip();
+        self.ike_sas
+            .iter()
+            .position(|sa| {
+                live(sa) && sa.p1.cky_i == h.initiator_cookie && sa.p1.cky_r == h.responder_cookie
+            })
+            .or_else(|| {
+                self.ike_sas.iter().position(|sa| {
+                    live(sa)
+                        && sa.p1.initiator
+                        && sa.p1.cky_i == h.initiator_cookie
+                        && sa.p1.cky_r == [0; 8]
+                })
+            })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_main_mode(
+        &mut self,
+        now: Instant,
+        from: SocketAddrV4,
+        to: SocketAddrV4,
+        h: &HeaderRepr,
+        datagram: &[u8],
+        body: &[u8],
+        outcomes: &mut Vec<Outcome>,
+    ) {
+        let existing = if h.responder_cookie == [0; 8] {
+            // Message 1, or a repeat of it.
+            self.ike_sas.iter().position(|sa| {
+                !sa.p1.initiator
+                    && sa.p1.state != MmState::Dead
+                    && sa.p1.cky_i == h.initiator_cookie
+                    && sa.p1.remote == from
+            })
+        } else {
+            self.find_sa(h, from)
+        };
+        if let Some(i) = existing {
+            let mut ctx = self.io.ctx(now, outcomes);
+            self.ike_sas[i].handle_main_mode(&mut ctx, h, datagram, body);
+            return;
+        }
+        if h.responder_cookie != [0; 8] {
+            self.io.log(
+                LogLevel::Debug,
+                None,
+                format!("Main Mode message from {from} for an unknown ISAKMP SA"),
+            );
+            return;
+        }
+        let half_open = self
+            .ike_sas
+            .iter()
+            .filter(|sa| !sa.p1.initiator && !sa.p1.is_established())
+            .count();
+        if half_open >= self.io.settings.max_half_open {
+            self.io.log(
+                LogLevel::Warning,
+                None,
+                format!("dropping Main Mode from {from}: {half_open} half-open already"),
+            );
+            return;
+        }
+        let Some(conn) = self.match_connection(*to.ip(), *from.ip()) else {
+            self.io.log(
+                LogLevel::Warning,
+                None,
+                format!("Main Mode from {from} to {to}: no connection is configured for it"),
+            );
+            return;
+        };
+        let id = self.next_id();
+        let mut ctx = self.io.ctx(now, outcomes);
+        if let Some(sa) = IkeSa::respond(&mut ctx, id, conn, to, from, h, datagram, body) {
+            self.ike_sas.push(sa);
+        }
+    }
+
+    /// The connection for a Main Mode between these addresses: one naming the peer, or
+    /// else a road-warrior one (remote 0.0.0.0), instantiated for this peer.
+    fn match_connection(&self, local: Ipv4Addr, peer: Ipv4Addr) -> Option<Connection> {
+        let local_ok = |c: &Connection| {
+            c.local == local
+                || (c.local.is_unspecified() && self.local_address.is_none_or(|a| a == local))
+        };
+        if let Some(c) = self
+            .connections
+            .iter()
+            .find(|c| c.remote == peer && local_ok(c))
+        {
+            return Some(c.clone());
+        }
+        let template = self
+            .connections
+            .iter()
+            .find(|c| c.is_road_warrior() && local_ok(c))?;
+        Some(Connection {
+            remote: peer,
+            ..template.clone()
+        })
+    }
+
+    fn on_quick_mode(
+        &mut self,
+        now: Instant,
+        from: SocketAddrV4,
+        h: &HeaderRepr,
+        datagram: &[u8],
+        body: &[u8],
+        outcomes: &mut Vec<Outcome>,
+    ) {
+        let Some(i) = self
+            .find_sa(h, from)
+            .filter(|&i| self.ike_sas[i].p1.is_established())
+        else {
+            self.io.log(
+                LogLevel::Debug,
+                None,
+                format!("Quick Mode from {from} without an ISAKMP SA"),
+            );
+            return;
+        };
+        let mut ctx = self.io.ctx(now, outcomes);
+        let sa = &mut self.ike_sas[i];
+        if let Some(qm) = sa.quick.iter_mut().find(|q| q.message_id == h.message_id) {
+            qm.handle(&mut ctx, &sa.p1, h, datagram, body);
+        } else if sa.p1.quick_ids.contains(&h.message_id) {
+            ctx.log(
+                LogLevel::Debug,
+                Some(sa.p1.name()),
+                format!("old Quick Mode {:#010x} from {from}", h.message_id),
+            );
+        } else {
+            // Only an authentic message 1 takes its message ID: a forged one must not
+            // keep the genuine one out.
+            match QuickMode::respond(&mut ctx, &sa.p1, &self.connections, h, datagram, body) {
+                Responded::Started(qm) => {
+                    remember(&mut sa.p1.quick_ids, h.message_id);
+                    sa.quick.push(*qm);
+                }
+                Responded::Refused => remember(&mut sa.p1.quick_ids, h.message_id),
+                Responded::Ignored => {}
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ requests
+
+    fn next_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    fn new_request(&mut self, conn: &str) -> ExchangeId {
+        let id = ExchangeId(self.next_id());
+        self.requests.push(Request {
+            id,
+            conn: conn.to_owned(),
+            attempts: 0,
+            retry_at: None,
+        });
+        id
+    }
+
+    /// Starts (or restarts) a request: Quick Mode on a usable ISAKMP SA, or a Main Mode
+    /// (joined, when one with the peer is already under way).
+    fn start_request(&mut self, now: Instant, id: ExchangeId, outcomes: &mut Vec<Outcome>) {
+        let Some(r) = self.requests.iter_mut().find(|r| r.id == id) else {
+            return;
+        };
+        r.retry_at = None;
+        let name = r.conn.clone();
+        let Some(conn) = self.connections.iter().find(|c| c.name == name).cloned() else {
+            return self.request_failed(
+                now,
+                id,
+                format!("connection {name} is not configured"),
+                false,
+            );
+        };
+        if conn.esp.is_none() && conn.ah.is_none() {
+            return self.request_failed(
+                now,
+                id,
+                "IKE negotiates IPComp only together with ESP or AH".into(),
+                false,
+            );
+        }
+        if conn.is_road_warrior() {
+            return self.request_failed(
+                now,
+                id,
+                "a connection to 0.0.0.0 can only respond".into(),
+                false,
+            );
+        }
+        let local_ip = if conn.local.is_unspecified() {
+            self.local_address
+        } else {
+            Some(conn.local)
+        };
+        let Some(local_ip) = local_ip else {
+            return self.request_failed(now, id, "this host has no address yet".into(), false);
+        };
+        let port = self.io.settings.ike_port;
+        let (local, remote) = (
+            SocketAddrV4::new(local_ip, port),
+            SocketAddrV4::new(conn.remote, port),
+        );
+        // An ISAKMP SA between the same endpoints with the same key serves any connection
+        // (Pluto's rule), unless it is about to expire.
+        let margin = self.io.settings.retransmit_window();
+        let usable = |sa: &IkeSa| {
+            sa.p1.local.ip() == local.ip()
+                && sa.p1.remote.ip() == remote.ip()
+                && sa.p1.conn.psk == conn.psk
+        };
+        if let Some(i) = self.ike_sas.iter().position(|sa| {
+            usable(sa)
+                && sa.p1.is_established()
+                && sa.p1.expires_at.is_some_and(|t| t > now + margin)
+        }) {
+            return self.start_quick(now, i, id, outcomes);
+        }
+        if let Some(sa) = self.ike_sas.iter_mut().find(|sa| {
+            usable(sa)
+                && sa.p1.initiator
+                && matches!(sa.p1.state, MmState::I1 | MmState::I2 | MmState::I3)
+        }) {
+            sa.p1.pending.push(id);
+            return;
+        }
+        let sa_id = self.next_id();
+        let mut ctx = self.io.ctx(now, outcomes);
+        let sa = IkeSa::initiate(&mut ctx, sa_id, conn, local, remote, vec![id]);
+        self.ike_sas.push(sa);
+    }
+
+    fn start_quick(
+        &mut self,
+        now: Instant,
+        sa: usize,
+        id: ExchangeId,
+        outcomes: &mut Vec<Outcome>,
+    ) {
+        let conn = self
+            .requests
+            .iter()
+            .find(|r| r.id == id)
+            .and_then(|r| self.connections.iter().find(|c| c.name == r.conn))
+            .cloned();
+        let Some(conn) = conn else { return };
+        let mut ctx = self.io.ctx(now, outcomes);
+        let ike = &mut self.ike_sas[sa];
+        let message_id = loop {
+            let m = ctx.message_id();
+            if !ike.p1.quick_ids.contains(&m) {
+                break m;
+            }
+        };
+        remember(&mut ike.p1.quick_ids, message_id);
+        match QuickMode::initiate(&mut ctx, &ike.p1, conn, id, message_id) {
+            Some(qm) => ike.quick.push(qm),
+            None => self.request_failed(now, id, "the ISAKMP SA has no keys".into(), true),
+        }
+    }
+
+    /// Counts a failed attempt and retries while keyingtries allows (0 = forever), after
+    /// one retransmission interval so that a refusing peer is not hammered.
+    fn request_failed(&mut self, now: Instant, id: ExchangeId, reason: String, retryable: bool) {
+        let Some(i) = self.requests.iter().position(|r| r.id == id) else {
+            return;
+        };
+        let r = &mut self.requests[i];
+        r.attempts += 1;
+        let conn = self.connections.iter().find(|c| c.name == r.conn);
+        let tries = conn.map_or(1, |c| c.ike.keyingtries);
+        let peer = conn.map_or(Ipv4Addr::UNSPECIFIED, |c| c.remote);
+        let retrying = retryable && (tries == 0 || r.attempts < tries);
+        let name = r.conn.clone();
+        if retrying {
+            r.retry_at = Some(now + self.io.settings.retransmit_base);
+        } else {
+            self.requests.remove(i);
+        }
+        self.io.event(Event::Failed {
+            conn: name,
+            peer,
+            exchange: Some(id),
+            reason,
+            retrying,
+        });
+    }
+
+    // ------------------------------------------------------------ outcomes
+
+    fn process(&mut self, now: Instant, outcomes: Vec<Outcome>) {
+        let mut queue: VecDeque<Outcome> = outcomes.into();
+        while let Some(o) = queue.pop_front() {
+            let mut more = Vec::new();
+            match o {
+                Outcome::Phase1Up { sa } => {
+                    if let Some(i) = self.ike_sas.iter().position(|s| s.p1.id == sa) {
+                        for id in std::mem::take(&mut self.ike_sas[i].p1.pending) {
+                            self.start_quick(now, i, id, &mut more);
+                        }
+                    }
+                }
+                Outcome::Phase1Failed {
+                    sa,
+                    reason,
+                    retryable,
+                } => {
+                    let Some(s) = self.ike_sas.iter_mut().find(|s| s.p1.id == sa) else {
+                        continue;
+                    };
+                    s.p1.state = MmState::Dead;
+                    let pending = std::mem::take(&mut s.p1.pending);
+                    let (conn, peer, initiator) =
+                        (s.p1.conn.name.clone(), *s.p1.remote.ip(), s.p1.initiator);
+                    if pending.is_empty() || !initiator {
+                        self.io.event(Event::Failed {
+                            conn,
+                            peer,
+                            exchange: None,
+                            reason: reason.clone(),
+                            retrying: false,
+                        });
+                    }
+                    for id in pending {
+                        self.request_failed(now, id, reason.clone(), retryable);
+                    }
+                }
+                Outcome::ChildUp { child, initiator } => {
+                    self.child_established(now, *child, initiator)
+                }
+                Outcome::ChildFailed {
+                    request,
+                    reason,
+                    retryable,
+                } => self.request_failed(now, request, reason, retryable),
+                Outcome::PeerDeleted {
+                    peer,
+                    protocol,
+                    spis,
+                } => {
+                    let hit = |c: &ChildRecord| {
+                        c.peer == peer
+                            && spis.iter().any(|&s| match protocol {
+                                ProtocolId::Esp => c.outbound.esp == Some(s),
+                                ProtocolId::Ah => c.outbound.ah == Some(s),
+                                _ => c.outbound.ipcomp.map(u32::from) == Some(s),
+                            })
+                    };
+                    let (gone, kept): (Vec<ChildRecord>, Vec<ChildRecord>) =
+                        std::mem::take(&mut self.children)
+                            .into_iter()
+                            .partition(hit);
+                    self.children = kept;
+                    for c in gone {
+                        self.io.log(
+                            LogLevel::Info,
+                            Some(&c.conn),
+                            format!("{peer} deleted IPsec SA {}", c.outbound),
+                        );
+                        self.io.event(Event::ChildSaDeleted {
+                            conn: c.conn,
+                            peer,
+                            inbound: c.inbound,
+                            outbound: c.outbound,
+                            reason: DeleteReason::PeerDeleted,
+                        });
+                    }
+                }
+                Outcome::PeerDeletedPhase1 { sa } => {
+                    if let Some(s) = self.ike_sas.iter_mut().find(|s| s.p1.id == sa) {
+                        s.p1.state = MmState::Dead;
+                        let (conn, peer) = (s.p1.conn.name.clone(), *s.p1.remote.ip());
+                        self.io.event(Event::Phase1Deleted {
+                            conn,
+                            peer,
+                            reason: DeleteReason::PeerDeleted,
+                        });
+                    }
+                }
+            }
+            queue.extend(more);
+        }
+        self.reap(now);
+    }
+
+    /// Drops dead exchanges; Quick Modes still waiting on a dead ISAKMP SA fail with it.
+    fn reap(&mut self, now: Instant) {
+        let mut orphans = Vec::new();
+        for sa in &mut self.ike_sas {
+            let dead = sa.p1.state == MmState::Dead;
+            sa.quick.retain(|q| {
+                if dead && q.state == QmState::I1 {
+                    orphans.extend(q.request);
+                }
+                q.state != QmState::Dead && !(dead && q.state != QmState::Done)
+            });
+        }
+        self.ike_sas.retain(|sa| sa.p1.state != MmState::Dead);
+        for id in orphans {
+            self.request_failed(now, id, "the ISAKMP SA went away".into(), true);
+        }
+    }
+
+    fn child_established(&mut self, now: Instant, mut child: ChildSa, initiator: bool) {
+        let selectors = selectors_of(&child);
+        if let Some(old) = self.children.iter_mut().find(|c| {
+            c.conn == child.conn
+                && c.peer == child.remote
+                && c.selectors == selectors
+                && !c.superseded
+        }) {
+            old.superseded = true;
+            old.rekey_at = None;
+            child.replaces = Some(old.inbound);
+        }
+        let lifetime = child.lifetime;
+        let conn = self.connections.iter().find(|c| c.name == child.conn);
+        let rekey_at = conn.filter(|c| !c.is_road_warrior()).map(|c| {
+            // Pluto: rekey rekeymargin plus up to rekeyfuzz of it before expiry; the
+            // responder waits for half the margin, so the initiator normally goes first.
+            let margin = if initiator {
+                c.ike.rekeymargin_secs
+            } else {
+                c.ike.rekeymargin_secs / 2
+            };
+            let fuzz_bound = margin.saturating_mul(u64::from(c.ike.rekeyfuzz_percent)) / 100;
+            let mut outcomes = Vec::new();
+            let fuzz = self.io.ctx(now, &mut outcomes).random_below(fuzz_bound + 1);
+            let before = Duration::from_secs(margin.saturating_add(fuzz));
+            let at = lifetime
+                .checked_sub(before)
+                .filter(|d| !d.is_zero())
+                .unwrap_or(lifetime / 2);
+            now + at
+        });
+        if let Some(id) = child.exchange {
+            self.requests.retain(|r| r.id != id);
+        }
+        self.children.push(ChildRecord {
+            conn: child.conn.clone(),
+            peer: child.remote,
+            selectors,
+            inbound: child.inbound_spis(),
+            outbound: child.outbound_spis(),
+            rekey_at,
+            expires_at: now + lifetime,
+            superseded: false,
+        });
+        self.io.event(Event::ChildSaEstablished(Box::new(child)));
+    }
+
+    /// Hard expiry: the bundle is deleted here and at the peer.
+    fn expire_children(&mut self, now: Instant) {
+        let (gone, kept): (Vec<ChildRecord>, Vec<ChildRecord>) = std::mem::take(&mut self.children)
+            .into_iter()
+            .partition(|c| c.expires_at <= now);
+        self.children = kept;
+        let mut outcomes = Vec::new();
+        let mut ctx = self.io.ctx(now, &mut outcomes);
+        for c in gone {
+            if let Some(sa) = self
+                .ike_sas
+                .iter()
+                .find(|s| s.p1.is_established() && *s.p1.remote.ip() == c.peer)
+            {
+                send_child_delete(&mut ctx, sa, &c.inbound);
+            }
+            ctx.log(
+                LogLevel::Info,
+                Some(&c.conn),
+                format!("IPsec SA {} expired", c.inbound),
+            );
+            ctx.events.push_back(Event::ChildSaDeleted {
+                conn: c.conn,
+                peer: c.peer,
+                inbound: c.inbound,
+                outbound: c.outbound,
+                reason: DeleteReason::Expired,
+            });
+        }
+    }
+}
+
+fn remember(ids: &mut Vec<u32>, id: u32) {
+    if ids.len() >= REMEMBERED_QUICK_IDS {
+        ids.remove(0);
+    }
+    ids.push(id);
+}
+
+/// Tells the peer to delete the SAs it sends to us on (our inbound SPIs).
+fn send_child_delete(ctx: &mut Ctx<'_>, sa: &IkeSa, inbound: &SpiSet) {
+    if let Some(spi) = inbound.esp {
+        informational::send_delete(
+            ctx,
+            &sa.p1,
+            ProtocolId::Esp,
+            vec![spi.to_be_bytes().to_vec()],
+        );
+    }
+    if let Some(spi) = inbound.ah {
+        informational::send_delete(
+            ctx,
+            &sa.p1,
+            ProtocolId::Ah,
+            vec![spi.to_be_bytes().to_vec()],
+        );
+    }
+}
