@@ -108,7 +108,6 @@ pub struct DaemonLink {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     core: Weak<Core>,
-    path: PathBuf,
 }
 
 impl DaemonLink {
@@ -120,11 +119,7 @@ impl DaemonLink {
             let (stop, weak, path) = (Arc::clone(&stop), weak.clone(), path.to_path_buf());
             std::thread::Builder::new().name("ipsec-daemon-link".into()).spawn(move || run(&path, &weak, &stop))?
         };
-        Ok(DaemonLink { stop, thread: Some(thread), core: weak, path: path.to_path_buf() })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
+        Ok(DaemonLink { stop, thread: Some(thread), core: weak })
     }
 }
 

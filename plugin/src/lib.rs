@@ -131,7 +131,6 @@ fn crypto_random_u32() -> u32 {
 
 /// One plugin instance. Hooks take `&self` and may run on many threads at once.
 pub struct Plugin {
-    options: Options,
     core: Arc<Core>,
     control_server: Mutex<Option<control::ControlServer>>,
     daemon: Mutex<Option<daemon::DaemonLink>>,
@@ -205,7 +204,7 @@ impl Plugin {
             link: Mutex::new(daemon::LinkState::default()),
         };
         let errors = core.apply_config(config);
-        let plugin = Plugin { options, core: Arc::new(core), control_server: Mutex::new(None), daemon: Mutex::new(None) };
+        let plugin = Plugin { core: Arc::new(core), control_server: Mutex::new(None), daemon: Mutex::new(None) };
         // SPEC §7: the plugin initializes the keying daemon when it loads, if it runs (and,
         // with the link thread, whenever it starts later). Only IKE bundles need it.
         let wants_daemon = plugin.core.control().bundles.iter().any(|b| matches!(b.keying, Keying::Ike(_)));
@@ -328,9 +327,6 @@ impl Plugin {
         Ok(())
     }
 
-    pub fn options(&self) -> &Options {
-        &self.options
-    }
 
 }
 

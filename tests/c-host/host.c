@@ -36,6 +36,9 @@ static struct {
     __typeof__(ipsec_plugin_set_link_mtu) *set_link_mtu;
     __typeof__(ipsec_plugin_overhead) *overhead;
     __typeof__(ipsec_plugin_control_listen) *control_listen;
+    __typeof__(ipsec_plugin_tick) *tick;
+    __typeof__(ipsec_plugin_daemon_connect) *daemon_connect;
+    __typeof__(ipsec_plugin_daemon_disconnect) *daemon_disconnect;
 } lib;
 
 static int checks, failures;
@@ -382,6 +385,9 @@ int main(int argc, char **argv) {
     LOAD(dl, set_link_mtu, "ipsec_plugin_set_link_mtu");
     LOAD(dl, overhead, "ipsec_plugin_overhead");
     LOAD(dl, control_listen, "ipsec_plugin_control_listen");
+    LOAD(dl, tick, "ipsec_plugin_tick");
+    LOAD(dl, daemon_connect, "ipsec_plugin_daemon_connect");
+    LOAD(dl, daemon_disconnect, "ipsec_plugin_daemon_disconnect");
 
     CHECK(lib.abi_version() == IPSEC_ABI_VERSION, "library ABI %u, header %u",
           lib.abi_version(), IPSEC_ABI_VERSION);
@@ -437,6 +443,18 @@ int main(int argc, char **argv) {
     CHECK(lib.control_listen(b, sock) == IPSEC_ERR_CONTROL_IO, "a served path is refused");
     CHECK(lib.control_listen(a, NULL) == IPSEC_OK, "control_listen NULL stops");
     CHECK(access(sock, F_OK) != 0, "the control socket is gone");
+
+    /* Housekeeping and the keying daemon link (no daemon runs here: connecting only starts
+       the link's search for one, and stopping it must be quick and clean). */
+    CHECK(lib.tick(a) == IPSEC_OK && lib.tick(NULL) == IPSEC_ERR_NULL, "tick");
+    char ctl[4096];
+    snprintf(ctl, sizeof ctl, "%s/no-daemon.ctl", dir);
+    CHECK(lib.daemon_connect(a, ctl) == IPSEC_OK, "daemon_connect");
+    CHECK(lib.daemon_connect(a, "") == IPSEC_ERR_INVALID, "daemon_connect empty path");
+    CHECK(lib.daemon_connect(NULL, ctl) == IPSEC_ERR_NULL, "daemon_connect NULL");
+    CHECK(lib.daemon_disconnect(a) == IPSEC_OK, "daemon_disconnect");
+    CHECK(lib.daemon_disconnect(NULL) == IPSEC_ERR_NULL, "daemon_disconnect NULL");
+    CHECK(round_trip(a, b, plain, 0), "traffic still flows after the link calls");
     build_echo(plain, ADDR_B, ADDR_A, 0, 1);
     CHECK(round_trip(b, a, plain, 1), "echo reply b -> a arrives intact");
 
