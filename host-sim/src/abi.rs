@@ -106,6 +106,8 @@ pub type SetLinkMtuFn = unsafe extern "C" fn(plugin: *const ipsec_plugin, mtu: u
 pub type OverheadFn = unsafe extern "C" fn(plugin: *const ipsec_plugin, bytes: *mut u32) -> u32;
 pub type ControlListenFn =
     unsafe extern "C" fn(plugin: *const ipsec_plugin, path: *const c_char) -> u32;
+pub type DaemonConnectFn =
+    unsafe extern "C" fn(plugin: *const ipsec_plugin, path: *const c_char) -> u32;
 pub type DumpFn = unsafe extern "C" fn(
     plugin: *const ipsec_plugin,
     format: u32,

@@ -72,14 +72,14 @@ options:
 
 pub const TUN_HELP: &str = "\
 usage: host-sim tun --config DIR --tun NAME --outer-if IFACE [--local A.B.C.D] [--mtu N]
-                    [--tun-mtu N] [--keys FILE] [--control PATH] [--log PATH]
-                    [--plugin PATH] [--debug]
+                    [--tun-mtu N] [--keys FILE] [--control PATH] [--daemon PATH]
+                    [--log PATH] [--plugin PATH] [--debug]
 
 A long-running host (one per machine, as root): creates the TUN interface NAME and routes
 the remote selectors of DIR/ipsec.cfg's bundles into it, so that the machine's own and
 forwarded traffic for them goes through the plugin's outbound hook and leaves on IFACE as
-raw IPv4 (ESP, AH, IPComp, or UDP 4500 for udp_encap bundles). ESP, AH, IPComp and UDP
-4500 packets that arrive go through the inbound hook, and what it returns goes into the
+raw IPv4 (ESP, AH, IPComp, or ESP in UDP 4500 for udp_encap bundles and NAT-T). ESP, AH,
+IPComp and ESP-in-UDP packets that arrive go through the inbound hook, and what it returns goes into the
 TUN. Prints `ready ...` on stdout when up; then reads commands on stdin, one per line,
 each answered by lines ending in `ok ...` or `error ...`:
 
@@ -101,6 +101,8 @@ options:
                     that do not fit with ICMP fragmentation needed)
   --keys FILE       keys for keying = ike bundles, as for replay
   --control PATH    serve the live SA table on PATH (ipsecdump --socket PATH)
+  --daemon PATH     the keying daemon's link socket for keying = ike bundles (default:
+                    /run/ipsec-plugin/pluto.ctl; pluto --ctlbase P listens at P.ctl)
   --log PATH        the log file (default: ipsec.log in DIR)
   --plugin PATH     the plugin library to load
   --debug           open the plugin with IPSEC_OPEN_DEBUG";
@@ -124,6 +126,8 @@ pub struct TunArgs {
     pub tun_mtu: Option<u32>,
     pub keys: Option<PathBuf>,
     pub control: Option<PathBuf>,
+    /// The keying daemon's socket (None: the plugin's default).
+    pub daemon: Option<PathBuf>,
     pub log: Option<PathBuf>,
     pub plugin: Option<PathBuf>,
     pub debug: bool,
@@ -328,7 +332,7 @@ fn mtu(name: &str, value: OsString) -> Result<u32, UsageError> {
 fn parse_tun(mut args: Args) -> Result<Command, UsageError> {
     let (mut config, mut tun, mut outer_if, mut local) = (None, None, None, None);
     let (mut link_mtu, mut tun_mtu, mut keys, mut control) = (None, None, None, None);
-    let (mut log, mut plugin, mut debug) = (None, None, false);
+    let (mut log, mut plugin, mut debug, mut daemon) = (None, None, false, None);
     while let Some(arg) = args.next() {
         let (f, v) = match arg {
             Arg::Flag(f, v) => (f, v),
@@ -349,6 +353,7 @@ fn parse_tun(mut args: Args) -> Result<Command, UsageError> {
             "--tun-mtu" => tun_mtu = Some(mtu(&f, args.value(&f, v)?)?),
             "--keys" => keys = Some(args.value(&f, v)?.into()),
             "--control" => control = Some(args.value(&f, v)?.into()),
+            "--daemon" => daemon = Some(args.value(&f, v)?.into()),
             "--log" => log = Some(args.value(&f, v)?.into()),
             "--plugin" => plugin = Some(args.value(&f, v)?.into()),
             "--debug" => {
@@ -368,6 +373,7 @@ fn parse_tun(mut args: Args) -> Result<Command, UsageError> {
         tun_mtu,
         keys,
         control,
+        daemon,
         log,
         plugin,
         debug,
@@ -530,6 +536,8 @@ mod tests {
                     "k",
                     "--control",
                     "/run/s",
+                    "--daemon",
+                    "/run/p.ctl",
                     "--log",
                     "l",
                     "--plugin",
@@ -551,6 +559,7 @@ mod tests {
                 tun_mtu: Some(1400),
                 keys: Some("k".into()),
                 control: Some("/run/s".into()),
+                daemon: Some("/run/p.ctl".into()),
                 log: Some("l".into()),
                 plugin: Some("p.so".into()),
                 debug: true,

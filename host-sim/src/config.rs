@@ -72,6 +72,9 @@ pub struct BundleCfg {
     pub remote_port: Option<u16>,
     /// ESP in UDP (RFC 3948): `tun` then listens on UDP port 4500.
     pub udp_encap: bool,
+    /// `keying = ike`: the keying daemon may negotiate ESP in UDP (NAT-T), so `tun` reads
+    /// UDP 4500, but leaves the port itself to the daemon.
+    pub ike: bool,
 }
 
 fn protocol_number(value: &str) -> Option<Option<u8>> {
@@ -129,6 +132,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Vec<BundleCfg>, String> {
                     local_port: None,
                     remote_port: None,
                     udp_encap: false,
+                    ike: false,
                 },
             });
             continue;
@@ -158,6 +162,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Vec<BundleCfg>, String> {
             "protocol" => b.protocol = protocol_number(value).ok_or_else(bad)?,
             "local_port" => b.local_port = port(value).ok_or_else(bad)?,
             "remote_port" => b.remote_port = port(value).ok_or_else(bad)?,
+            "keying" => b.ike = value.eq_ignore_ascii_case("ike"),
             "udp_encap" => {
                 b.udp_encap = match value.to_ascii_lowercase().as_str() {
                     "yes" => true,

@@ -82,6 +82,7 @@ pub struct PluginLibrary {
     set_link_mtu: Option<abi::SetLinkMtuFn>,
     overhead: Option<abi::OverheadFn>,
     control_listen: Option<abi::ControlListenFn>,
+    daemon_connect: Option<abi::DaemonConnectFn>,
     _lib: libloading::Library,
 }
 
@@ -140,6 +141,7 @@ impl PluginLibrary {
                 set_link_mtu: optional(&lib, "ipsec_plugin_set_link_mtu"),
                 overhead: optional(&lib, "ipsec_plugin_overhead"),
                 control_listen: optional(&lib, "ipsec_plugin_control_listen"),
+                daemon_connect: optional(&lib, "ipsec_plugin_daemon_connect"),
                 _lib: lib,
             }))
         }
@@ -586,6 +588,17 @@ impl PluginInstance {
         let ptr = path_c.as_ref().map_or(ptr::null(), |c| c.as_ptr());
         // SAFETY: a live handle and NULL or a NUL-terminated path valid for the call.
         Some(self.lib.check(unsafe { f(self.handle.as_ptr(), ptr) }))
+    }
+
+    /// Links the instance to the keying daemon at `path`. `None` when the library predates
+    /// `ipsec_plugin_daemon_connect`.
+    pub fn daemon_connect(&self, path: &Path) -> Option<Result<(), Status>> {
+        let f = self.lib.daemon_connect?;
+        let Ok(path_c) = c_path(path) else {
+            return Some(Err(self.lib.status(abi::IPSEC_ERR_INVALID)));
+        };
+        // SAFETY: a live handle and a NUL-terminated path valid for the call.
+        Some(self.lib.check(unsafe { f(self.handle.as_ptr(), path_c.as_ptr()) }))
     }
 
     pub fn install_keys(&self, bundle: &str, keys: &str) -> Result<(), Status> {

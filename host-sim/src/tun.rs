@@ -198,18 +198,23 @@ fn destination(packet: &[u8]) -> Option<Ipv4Addr> {
     (h[0] >> 4 == 4).then(|| Ipv4Addr::new(h[16], h[17], h[18], h[19]))
 }
 
-/// Whether a packet from the raw UDP socket is for port 4500 (RFC 3948); the kernel has
-/// reassembled fragments before raw sockets see them.
+/// Whether a packet from the raw UDP socket is ESP in UDP 4500 (RFC 3948); the kernel has
+/// reassembled fragments before raw sockets see them. IKE on port 4500 (the non-ESP marker,
+/// four zero bytes) and NAT keepalives (one 0xFF byte) belong to the keying daemon's
+/// socket, which gets its own copy, so they are left alone here.
 fn is_udp_encap(packet: &[u8]) -> bool {
     let Some(&first) = packet.first() else {
         return false;
     };
     let header_len = usize::from(first & 0x0f) * 4;
-    first >> 4 == 4
-        && packet.get(9) == Some(&PROTO_UDP)
-        && packet
-            .get(header_len + 2..header_len + 4)
-            .is_some_and(|port| u16::from_be_bytes([port[0], port[1]]) == NAT_T_PORT)
+    let to_4500 = packet
+        .get(header_len + 2..header_len + 4)
+        .is_some_and(|port| u16::from_be_bytes([port[0], port[1]]) == NAT_T_PORT);
+    // An ESP header (SPI and sequence number) at least, with a non-zero SPI.
+    let esp = packet
+        .get(header_len + 8..header_len + 16)
+        .is_some_and(|h| h[..4] != [0, 0, 0, 0]);
+    first >> 4 == 4 && packet.get(9) == Some(&PROTO_UDP) && to_4500 && esp
 }
 
 /// Where received packets come from.
@@ -239,9 +244,19 @@ fn raw_socket(protocol: u8) -> io::Result<Socket> {
 }
 
 /// The network side's sockets.
+/// Whether to read ESP in UDP 4500 (udp_encap or IKE bundles), and whether to bind the
+/// port as well (only for manual udp_encap bundles: with IKE the keying daemon binds it for
+/// IKE's own messages, and its socket also keeps the kernel from answering ESP-in-UDP with
+/// port unreachable).
+#[derive(Debug, Clone, Copy)]
+struct UdpListening {
+    read: bool,
+    bind: bool,
+}
+
 fn open_network(
     outer_if: &str,
-    udp_encap: bool,
+    udp: UdpListening,
 ) -> Result<(Socket, Vec<(Source, Socket)>), String> {
     let fail = |what: &str, e: io::Error| format!("{what}: {e} (host-sim tun needs root)");
     // IPPROTO_RAW implies IP_HDRINCL: the plugin's header goes out as it is.
@@ -261,9 +276,11 @@ fn open_network(
             .map_err(|e| fail(&format!("raw socket for protocol {protocol}"), e))?;
         receive.push((Source::Ipsec, socket));
     }
-    if udp_encap {
+    if udp.read {
         let raw = raw_socket(PROTO_UDP).map_err(|e| fail("raw UDP socket", e))?;
         receive.push((Source::RawUdp, raw));
+    }
+    if udp.bind {
         let bound = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))
             .map_err(|e| fail("UDP socket", e))?;
         bound
@@ -784,7 +801,11 @@ pub fn run(args: &TunArgs) -> Result<bool, String> {
     }
     let events = spawn_event_sources()?;
     let _rp_filter = LooseReversePath::apply(&args.outer_if);
-    let (send, receive) = open_network(&args.outer_if, bundles.iter().any(|b| b.udp_encap))?;
+    let udp = UdpListening {
+        read: bundles.iter().any(|b| b.udp_encap || b.ike),
+        bind: bundles.iter().any(|b| b.udp_encap),
+    };
+    let (send, receive) = open_network(&args.outer_if, udp)?;
     let tun = Tun::create(&args.tun).map_err(|e| format!("cannot create TUN {}: {e}", args.tun))?;
     // The kernel would otherwise send router solicitations and the like into it.
     let _ = std::fs::write(
@@ -826,6 +847,13 @@ pub fn run(args: &TunArgs) -> Result<bool, String> {
         plugin
             .connect(local)
             .map_err(|s| format!("connect {local}: {s}"))?;
+    }
+    if let Some(path) = &args.daemon {
+        match plugin.daemon_connect(path) {
+            Some(Ok(())) => {}
+            Some(Err(status)) => return Err(format!("ipsec_plugin_daemon_connect({}): {status}", path.display())),
+            None => return Err(format!("plugin {} lacks ipsec_plugin_daemon_connect (--daemon)", lib_path.display())),
+        }
     }
     if let Some(path) = &args.control {
         if let Some(Err(status)) = plugin.control_listen(Some(path)) {
@@ -959,19 +987,27 @@ mod tests {
     }
 
     #[test]
-    fn only_udp_port_4500_is_taken_from_the_raw_udp_socket() {
-        let mut packet = vec![0u8; 28];
+    fn only_esp_in_udp_4500_is_taken_from_the_raw_udp_socket() {
+        let mut packet = vec![0u8; 36];
         packet[0] = 0x45;
         packet[9] = PROTO_UDP;
         packet[22..24].copy_from_slice(&4500u16.to_be_bytes());
+        packet[28..32].copy_from_slice(&0x1001u32.to_be_bytes());
         assert!(is_udp_encap(&packet));
+        let mut ike = packet.clone();
+        ike[28..32].fill(0);
+        assert!(!is_udp_encap(&ike), "non-ESP marker: IKE for the daemon");
+        let mut keepalive = packet[..29].to_vec();
+        keepalive[28] = 0xff;
+        assert!(!is_udp_encap(&keepalive), "NAT keepalive");
         packet[22..24].copy_from_slice(&53u16.to_be_bytes());
         assert!(!is_udp_encap(&packet));
         // Options move the UDP header.
-        let mut with_options = vec![0u8; 32];
+        let mut with_options = vec![0u8; 40];
         with_options[0] = 0x46;
         with_options[9] = PROTO_UDP;
         with_options[26..28].copy_from_slice(&4500u16.to_be_bytes());
+        with_options[32] = 1;
         assert!(is_udp_encap(&with_options));
         packet[22..24].copy_from_slice(&4500u16.to_be_bytes());
         packet[9] = PROTO_ESP;

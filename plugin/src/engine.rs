@@ -273,6 +273,14 @@ fn is_ike(pkt: &PacketBuf<'_>) -> bool {
         && matches!(wire::udp::classify_nat_t(udp.payload()), Ok(wire::udp::NatTPayload::Ike | wire::udp::NatTPayload::Keepalive))
 }
 
+/// Whether an IKE packet from `src` to `dst` is the keying of bundle `b` itself (between
+/// its own endpoints), which must pass that bundle unprotected. IKE to anyone else is
+/// ordinary traffic for it: nested bundles key the inner one through the outer tunnel.
+fn keys_bundle(b: &BundlePolicy, src: Ipv4Addr, dst: Ipv4Addr) -> bool {
+    let peer = |a: Ipv4Addr| b.config.remote.is_unspecified() || a == b.config.remote;
+    (b.local == Some(src) && peer(dst)) || (b.local == Some(dst) && peer(src))
+}
+
 /// Offers the packet to every bundle in file order; each one whose selectors match the
 /// packet as it is at that point transforms it.
 pub fn outbound(spd: &Spd, ctx: &Context, pkt: &mut PacketBuf<'_>) -> Verdict {
@@ -392,9 +400,7 @@ fn outbound_one<'s>(
     if let Err(reason) = pkt.check_ipv4() {
         return ctx.drop_packet(reason, None, None, format_args!("outbound packet is not IPv4"));
     }
-    if is_ike(pkt) {
-        return Verdict::Pass;
-    }
+    let ike = is_ike(pkt);
     // What an ICMP "fragmentation needed" would quote, before the transforms change it.
     let mut quote = [0u8; 68];
     let quote_len = (pkt.header_len() + 8).min(pkt.len);
@@ -419,7 +425,7 @@ fn outbound_one<'s>(
             }
             continue;
         };
-        if !sel.matches_outbound(&flow) {
+        if !sel.matches_outbound(&flow) || (ike && keys_bundle(b, flow.src, flow.dst)) {
             continue;
         }
         if b.failed {
@@ -771,12 +777,12 @@ pub fn inbound(spd: &Spd, ctx: &Context, pkt: &mut PacketBuf<'_>) -> Verdict {
 /// The inbound policy check of SPEC §2: the removed bundles, in file order, must be
 /// exactly the ones the peer's outbound processing would have applied.
 fn check_policy(spd: &Spd, ctx: &Context, pkt: &PacketBuf<'_>, removed: &BundleList) -> Verdict {
-    if removed.is_empty() && is_ike(pkt) {
-        return Verdict::Pass;
-    }
     let flow = pkt.flow();
     let mut expected = BundleList::default();
     spd.expected_inbound(&flow, &mut expected);
+    if is_ike(pkt) {
+        expected.retain(|i| !keys_bundle(&spd.bundles[i], flow.src, flow.dst));
+    }
     let got = removed.as_slice();
     let matches = expected.as_slice().len() == got.len() && expected.as_slice().iter().eq(got.iter().rev());
     if matches {

@@ -567,8 +567,8 @@ impl fmt::Write for OneLine<'_> {
     }
 }
 
-/// A UTC civil time, printed as `YYYY-MM-DD HH:MM:SS.mmm`.
-struct UtcTime {
+/// A UTC civil time, printed as `YYYY-MM-DD HH:MM:SS.mmm` (also pluto.log's stamp).
+pub struct UtcTime {
     year: i64,
     month: u32,
     day: u32,
@@ -576,7 +576,7 @@ struct UtcTime {
 }
 
 impl UtcTime {
-    fn from_unix_ms(ms: u64) -> Self {
+    pub fn from_unix_ms(ms: u64) -> Self {
         const MS_PER_DAY: u64 = 86_400_000;
         // u64 ms / ms-per-day is below 2^38, so the cast to i64 is exact.
         let (year, month, day) = civil_from_days((ms / MS_PER_DAY) as i64);

@@ -415,6 +415,17 @@ impl BundleList {
     pub fn first(&self) -> Option<usize> {
         self.as_slice().first().copied()
     }
+
+    /// Keeps the indices for which `keep` holds, in order.
+    pub fn retain(&mut self, mut keep: impl FnMut(usize) -> bool) {
+        let mut kept = BundleList::default();
+        for &i in self.as_slice() {
+            if keep(i) {
+                kept.push(i);
+            }
+        }
+        *self = kept;
+    }
 }
 
 fn build_direction(b: &Bundle, keys: &DirectionKeys, inbound: bool, now_ms: u64) -> Result<SaSet, KeyError> {

@@ -57,6 +57,10 @@ pub struct EndpointConfig {
     /// Responder Main Modes that have not finished, beyond which new ones are dropped: a
     /// flood of message 1s cannot exhaust memory.
     pub max_half_open: usize,
+    /// NAT traversal (RFC 3947): offered and accepted unless off.
+    pub nat_traversal: bool,
+    /// Where IKE floats to when a NAT is detected, and ESP-in-UDP goes (RFC 3948).
+    pub nat_t_port: u16,
 }
 
 impl Default for EndpointConfig {
@@ -69,6 +73,8 @@ impl Default for EndpointConfig {
             retransmit_base: Duration::from_secs(10),
             max_retransmits: 3,
             max_half_open: 1000,
+            nat_traversal: true,
+            nat_t_port: 4500,
         }
     }
 }

@@ -74,6 +74,15 @@ pub struct ChildSa {
     pub pfs: bool,
     /// The inbound SPIs of the bundle this one supersedes (a rekey).
     pub replaces: Option<SpiSet>,
+    /// Set when NAT traversal is in use: ESP goes in UDP (RFC 3948) between these ports.
+    pub udp_encap: Option<UdpEncap>,
+}
+
+/// The UDP ports of ESP-in-UDP: ours, and the peer's as we see it (a NAT may map it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UdpEncap {
+    pub local_port: u16,
+    pub remote_port: u16,
 }
 
 impl ChildSa {

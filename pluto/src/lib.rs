@@ -23,10 +23,13 @@
 pub mod config;
 pub mod crypto;
 mod ctx;
+pub mod daemon;
 mod endpoint;
 pub mod event;
 mod flight;
 mod informational;
+pub mod link;
+pub mod log;
 mod main_mode;
 mod message;
 mod proposal;
@@ -37,7 +40,7 @@ pub mod wire;
 pub use config::{sequential_spis, Connection, EndpointConfig, SpiAllocator};
 pub use ctx::Transmit;
 pub use endpoint::Endpoint;
-pub use event::{ChildSa, DeleteReason, Event, ExchangeId, LogLevel, SpiSet};
+pub use event::{ChildSa, DeleteReason, Event, ExchangeId, LogLevel, SpiSet, UdpEncap};
 
 #[cfg(test)]
 mod tests;

@@ -722,6 +722,7 @@ impl QuickMode {
             lifetime: Duration::from_secs(suite.lifetime),
             pfs: suite.pfs.is_some(),
             replaces: None,
+            udp_encap: None,
         })
     }
 

@@ -39,6 +39,8 @@ def binaries():
         "host-sim": _binary("HOST_SIM", "host-sim"),
         "ipsecdump": _binary("IPSECDUMP", "ipsecdump"),
         "plugin": _binary("IPSEC_PLUGIN", "libipsec_plugin.so"),
+        "pluto": _binary("PLUTO", "pluto"),
+        "pinit": _binary("PINIT", "pinit"),
     }
 
 
