@@ -68,14 +68,16 @@ class IkeNet(Net):
     """A cfg-samples/ike scenario: pluto first on every IPsec machine, then host-sim tun
     linked to it with --daemon."""
 
-    def __init__(self, lab, scenario, binaries, extra_args=None, pluto_args=None):
-        super().__init__(lab, scenario, binaries, config_root=IKE_SAMPLES, start=False)
+    def __init__(self, lab, scenario, binaries, extra_args=None, pluto_args=None,
+                 config_root=IKE_SAMPLES):
+        super().__init__(lab, scenario, binaries, config_root=config_root, start=False)
         self.plutos = {}
         for n in scenario.nodes:
             if not n.hostsim:
                 continue
             self.plutos[n.name] = Pluto(lab, self.ns[n.name], binaries["pluto"], n.name,
-                                        IKE_SAMPLES / scenario.name / n.name / "isecrets.cfg",
+                                        self.config_root / scenario.name / n.name
+                                        / "isecrets.cfg",
                                         extra=(pluto_args or {}).get(n.name, ()))
             extra = ["--daemon", self.plutos[n.name].socket,
                      "--control", lab.workdir / n.name / "control.sock",

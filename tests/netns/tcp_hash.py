@@ -3,8 +3,10 @@
 
     tcp_hash.py serve PORT TIMEOUT          accept one connection, read to EOF, answer
                                             "<bytes> <sha256>"; prints "listening" first
-    tcp_hash.py send HOST PORT BYTES SEED   send BYTES of the pseudo-random stream SEED,
-                                            then check the server's answer
+    tcp_hash.py send HOST PORT BYTES SEED [RATE]
+                                            send BYTES of the pseudo-random stream SEED
+                                            (at most RATE bytes/s), then check the
+                                            server's answer
 
 The stream is random.Random(SEED).randbytes in 64 KiB pieces, so a test can know bytes
 of it without the file (scenarios.payload_samples). Exit status 0 only when the server
@@ -35,7 +37,7 @@ def serve(port, timeout):
     return 0
 
 
-def send(host, port, nbytes, seed):
+def send(host, port, nbytes, seed, rate=None):
     rng, digest, sent = random.Random(seed), hashlib.sha256(), 0
     start = time.monotonic()
     with socket.create_connection((host, port), timeout=60) as conn:
@@ -44,6 +46,10 @@ def send(host, port, nbytes, seed):
             digest.update(chunk)
             conn.sendall(chunk)
             sent += len(chunk)
+            if rate:
+                ahead = start + sent / rate - time.monotonic()
+                if ahead > 0:
+                    time.sleep(ahead)
         conn.shutdown(socket.SHUT_WR)
         reply = b""
         while part := conn.recv(4096):
@@ -62,8 +68,9 @@ def send(host, port, nbytes, seed):
 def main(argv):
     if len(argv) == 3 and argv[0] == "serve":
         return serve(int(argv[1]), float(argv[2]))
-    if len(argv) == 5 and argv[0] == "send":
-        return send(argv[1], int(argv[2]), int(argv[3]), int(argv[4]))
+    if len(argv) in (5, 6) and argv[0] == "send":
+        rate = int(argv[5]) if len(argv) == 6 else None
+        return send(argv[1], int(argv[2]), int(argv[3]), int(argv[4]), rate)
     print(__doc__, file=sys.stderr)
     return 2
 
