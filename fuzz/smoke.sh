@@ -19,7 +19,7 @@ shift || true
 if [ "$#" -gt 0 ]; then
     targets=("$@")
 else
-    targets=(inbound outbound wire config control)
+    targets=(inbound outbound wire config control ipc secrets isakmp)
 fi
 case "$seconds" in
     '' | *[!0-9]*) echo "smoke.sh: SECONDS must be a whole number, got '$seconds'" >&2; exit 2 ;;
@@ -40,10 +40,11 @@ export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
 echo "== building the fuzz targets (sanitizer: $sanitizer)"
 cargo "${toolchain[@]}" fuzz build --sanitizer "$sanitizer" || exit 1
 
-# The longest input libFuzzer makes per target: packets and batches, a config file.
+# The longest input libFuzzer makes per target: packets and batches, a config file, a
+# daemon-link message or stream, a secrets file, an IKE exchange's datagrams.
 max_len() {
     case "$1" in
-        config) echo 16384 ;;
+        config | secrets) echo 16384 ;;
         wire | control) echo 2048 ;;
         *) echo 4096 ;;
     esac

@@ -1,7 +1,10 @@
 //! Writes the committed seed corpus, `fuzz/corpus/<target>/<name>`:
-//! `cargo run --example gen_seeds` (from `fuzz/`). Packets come from the lab instances
-//! themselves (what the peer sends, what we send), configurations from `cfg-samples/`.
-//! CBC IVs are random, so ESP seeds differ from run to run; their structure does not.
+//! `cargo run --example gen_seeds [-- TARGET...]` (from `fuzz/`; with targets, only their
+//! directories are rewritten). Packets come from the lab instances themselves (what the
+//! peer sends, what we send), configurations from `cfg-samples/`, daemon-link messages
+//! from the codec, ISAKMP datagrams from an initiator run against the `isakmp` responder.
+//! CBC IVs are random, so ESP seeds differ from run to run; their structure does not. The
+//! daemon's seeds (`ipc`, `secrets`, `isakmp`) come out the same every time.
 
 use std::path::{Path, PathBuf};
 
@@ -9,6 +12,7 @@ use ipsec_plugin::wire::IpProtocol;
 use ipsec_plugin::{PacketBuf, Plugin, Verdict};
 use ipsec_plugin_fuzz::lab::{self, Flow, Spec, LOCAL, SPECS};
 use ipsec_plugin_fuzz::seal::{self, RAW, TUNNEL};
+use ipsec_plugin_fuzz::{daemon, TARGETS};
 
 /// Headroom 256, tailroom 256 (see `ROOMS` in src/lib.rs).
 const ROOM: u8 = 6 | 6 << 3;
@@ -19,10 +23,19 @@ const ROOM_MTU_576: u8 = ROOM | 1 << 6;
 
 struct Out {
     root: PathBuf,
+    /// The targets whose seeds are written (all when none were named).
+    only: Vec<String>,
 }
 
 impl Out {
+    fn wants(&self, target: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|t| t == target)
+    }
+
     fn write(&self, target: &str, name: &str, bytes: &[u8]) {
+        if !self.wants(target) {
+            return;
+        }
         let dir = self.root.join(target);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join(name), bytes).unwrap();
@@ -55,8 +68,14 @@ fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let out = Out {
         root: root.join("corpus"),
+        only: std::env::args().skip(1).collect(),
     };
-    let _ = std::fs::remove_dir_all(&out.root);
+    for t in &out.only {
+        assert!(TARGETS.contains(&t.as_str()), "no fuzz target named {t}");
+    }
+    for t in TARGETS.iter().filter(|t| out.wants(t)) {
+        let _ = std::fs::remove_dir_all(out.root.join(t));
+    }
     let lab = lab::lab();
     let peer_addr = SPECS[0].remote;
 
@@ -194,7 +213,8 @@ fn main() {
     program.extend_from_slice(&[0x63, 0x60, 0x00, 0x00, 0x00]);
     out.write("inbound", "sealed-raw-ipcomp", &program);
     // A deflate stream of 70 000 zero bytes: more than IPComp may expand to (64 KiB).
-    let mut bomb = vec![0u8; 1024];
+    // `compress` wants room for deflate's worst case (the input and some slack).
+    let mut bomb = vec![0u8; 80_000];
     let n = ipsec_plugin::crypto::Deflate::new()
         .compress(&[0u8; 70_000], &mut bomb)
         .unwrap();
@@ -300,6 +320,21 @@ fn main() {
         ("garbage", b"\x00\xffHELLO\r\n"),
     ] {
         out.write("control", name, req);
+    }
+
+    // ipc: one message of each exchange from the side that sends it, and a stream.
+    for (name, bytes) in daemon::ipc_seeds(&root.join("../cfg-samples/ike")) {
+        out.write("ipc", &name, &bytes);
+    }
+    // secrets: the samples' isecrets.cfg, and every form and error of the format.
+    for (name, bytes) in daemon::secrets_seeds(&root.join("../cfg-samples/ike")) {
+        out.write("secrets", &name, &bytes);
+    }
+    // isakmp: an initiator's side of whole exchanges with the responder.
+    if out.wants("isakmp") {
+        for (name, bytes) in daemon::isakmp_seeds() {
+            out.write("isakmp", &name, &bytes);
+        }
     }
     println!("seeds written to {}", out.root.display());
 }

@@ -466,7 +466,7 @@ fn open_instance(dir: &Path, mirrored: bool) -> Plugin {
 
 /// Removes the lab directories of fuzzing processes that are gone (libFuzzer exits without
 /// running destructors, so each process leaves its directory behind).
-fn remove_stale_dirs() {
+pub(crate) fn remove_stale_dirs() {
     let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
         return;
     };

@@ -1,5 +1,5 @@
-//! Fuzz targets for every parser of outside bytes that the plugin's Rust API reaches
-//! (docs/fuzzing.md). Each target is a plain function here so that the libFuzzer binaries
+//! Fuzz targets for every parser of outside bytes that the plugin's Rust API and the keying
+//! daemon's core reach (docs/fuzzing.md). Each target is a plain function here so that the libFuzzer binaries
 //! (`fuzz_targets/`), the corpus replay test (`tests/corpus.rs`) and the stable-toolchain
 //! replayer (`examples/replay.rs`) run exactly the same code.
 //!
@@ -9,20 +9,27 @@
 
 #![deny(unsafe_code)]
 
+pub mod daemon;
 pub mod lab;
 pub mod seal;
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
+use std::net::Ipv4Addr;
 use std::os::unix::net::UnixStream;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use ipsec_plugin::config;
 use ipsec_plugin::crypto::{EspTransform, IntegAlg};
+use ipsec_plugin::ipc::{self, DecodeError, Message, Sender};
 use ipsec_plugin::wire::{self, ah, esp, icmp, ipcomp, ipv4, udp};
 use ipsec_plugin::{PacketBuf, Plugin, Verdict};
+use pluto::secrets::{Entry, Index, Secrets};
 
-pub const TARGETS: [&str; 5] = ["inbound", "outbound", "wire", "config", "control"];
+pub const TARGETS: [&str; 8] = [
+    "inbound", "outbound", "wire", "config", "control", "ipc", "secrets", "isakmp",
+];
 
 /// Runs one input through the named target (for the replayers).
 pub fn run(target: &str, data: &[u8]) {
@@ -32,6 +39,9 @@ pub fn run(target: &str, data: &[u8]) {
         "wire" => wire(data),
         "config" => config(data),
         "control" => control(data),
+        "ipc" => ipc(data),
+        "secrets" => secrets(data),
+        "isakmp" => isakmp(data),
         other => panic!("no fuzz target named {other}; targets: {TARGETS:?}"),
     }
 }
@@ -574,4 +584,344 @@ pub fn control(data: &[u8]) {
         );
     }
     let _ = stream.flush();
+}
+
+/// The plugin–daemon link codec (docs/daemon-link.md) on the whole input: `message_len`,
+/// `Message::decode`, `decode_from` as either side; whatever decodes is encoded again and
+/// must decode to itself. Then the input as a byte stream of messages, taken apart with
+/// `message_len` the way a stream reader does.
+pub fn ipc(data: &[u8]) {
+    check_message_len(data);
+    ipc_message(data);
+    let mut rest = data;
+    for _ in 0..16 {
+        match ipc::message_len(rest) {
+            Ok(Some(n)) if n < data.len() && n <= rest.len() => {
+                ipc_message(&rest[..n]);
+                rest = &rest[n..];
+            }
+            _ => break,
+        }
+    }
+}
+
+/// `message_len` reports a wrong version from the first byte, needs the 16-byte header for
+/// anything else, and then answers from the header alone.
+fn check_message_len(data: &[u8]) {
+    let got = ipc::message_len(data);
+    match data.first() {
+        None => assert_eq!(got, Ok(None), "ipc: message_len of nothing"),
+        Some(&v) if v != ipc::LINK_VERSION => assert_eq!(
+            got,
+            Err(DecodeError::Version {
+                ours: ipc::LINK_VERSION,
+                theirs: v
+            }),
+            "ipc: message_len of a wrong version"
+        ),
+        Some(_) if data.len() < ipc::HEADER_LEN => {
+            assert_eq!(got, Ok(None), "ipc: message_len before the header is in")
+        }
+        Some(_) => {
+            let declared = usize::from(u16::from_be_bytes([data[4], data[5]])) * 8;
+            let fits = (ipc::HEADER_LEN..=ipc::MAX_MESSAGE_LEN).contains(&declared);
+            match got {
+                Ok(Some(n)) => assert!(
+                    fits && n == declared,
+                    "ipc: message_len {n}, header says {declared}"
+                ),
+                Err(_) => assert!(!fits, "ipc: message_len refused a length of {declared}"),
+                Ok(None) => panic!("ipc: message_len wants more than a whole header"),
+            }
+            assert_eq!(
+                ipc::message_len(&data[..ipc::HEADER_LEN]),
+                got,
+                "ipc: message_len depends on more than the header"
+            );
+        }
+    }
+}
+
+/// One message: decode, validation as both senders, the table's rules, and the round trip.
+fn ipc_message(bytes: &[u8]) {
+    let decoded = Message::decode(bytes);
+    if let Err(e) = &decoded {
+        let _ = e.to_string();
+    }
+    for from in [Sender::Plugin, Sender::Daemon] {
+        let validated = Message::decode_from(bytes, from);
+        match (&decoded, &validated) {
+            (Err(e), v) => assert_eq!(
+                v.as_ref().err(),
+                Some(e),
+                "ipc: decode_from differs from decode"
+            ),
+            (Ok(m), Ok(v)) => {
+                assert_eq!(m, v, "ipc: decode_from differs from decode");
+                check_link_table(m, from);
+            }
+            (Ok(m), Err(e)) => {
+                let _ = e.to_string();
+                assert_eq!(
+                    m.validate(from).as_ref(),
+                    Err(e),
+                    "ipc: decode_from differs from validate"
+                );
+            }
+        }
+    }
+    let Ok(m) = decoded else { return };
+    assert_eq!(
+        ipc::message_len(bytes),
+        Ok(Some(bytes.len())),
+        "ipc: decoded a message of another length than its header's"
+    );
+    let mut out = Vec::new();
+    m.encode(&mut out)
+        .unwrap_or_else(|e| panic!("ipc: decode accepted a message that encode refuses: {e}"));
+    let again = Message::decode(&out).unwrap_or_else(|e| {
+        panic!("ipc: decode refuses what encode made of a decoded message: {e}")
+    });
+    assert_eq!(again, m, "ipc: decode(encode(m)) != m");
+    let mut twice = Vec::new();
+    again
+        .encode(&mut twice)
+        .expect("encoding the same message again");
+    assert_eq!(twice, out, "ipc: one message, two encodings");
+    // Reserved fields and padding are zero and every field has one meaning, so a message
+    // whose extensions are known and in ascending order (as encode writes them) is the
+    // very bytes encode makes of it.
+    let types = ipc_ext_types(bytes);
+    if types.windows(2).all(|w| w[0] < w[1])
+        && types
+            .iter()
+            .all(|&t| !matches!(ipc::ExtType::from_number(t), ipc::ExtType::Unknown(_)))
+    {
+        assert_eq!(
+            out, bytes,
+            "ipc: a message in encode's order did not re-encode to its own bytes"
+        );
+    }
+    let shown = format!("{m:?}");
+    for k in [&m.ext.key_auth, &m.ext.key_encrypt].into_iter().flatten() {
+        if let Some(first) = k.as_bytes().get(..4) {
+            let bytes = format!("{first:?}");
+            assert!(
+                !shown.contains(bytes.trim_end_matches(']')),
+                "ipc: Debug of a message shows key bytes"
+            );
+        }
+    }
+}
+
+/// The extension types of a message that decoded, in the order they came.
+fn ipc_ext_types(bytes: &[u8]) -> Vec<u16> {
+    let mut types = Vec::new();
+    let mut rest = &bytes[ipc::HEADER_LEN..];
+    while rest.len() >= 4 {
+        let len = usize::from(u16::from_be_bytes([rest[0], rest[1]])) * 8;
+        types.push(u16::from_be_bytes([rest[2], rest[3]]));
+        rest = &rest[len.clamp(8, rest.len())..];
+    }
+    types
+}
+
+/// docs/daemon-link.md, "What each message must carry": keys only daemon → plugin in UPDATE
+/// and ADD; X_POLICY only in SPDADD from the plugin and SPDDUMP from the daemon; an ACQUIRE
+/// from the daemon reports a failure; EXPIRE and unknown types are not accepted.
+fn check_link_table(m: &Message, from: Sender) {
+    use ipc::MsgType as M;
+    let t = m.header.msg_type;
+    let keyed =
+        from == Sender::Daemon && matches!(t, M::Update | M::Add) && m.header.errno.is_none();
+    assert!(
+        keyed || (m.ext.key_auth.is_none() && m.ext.key_encrypt.is_none()),
+        "ipc: {t} from the {from} accepted with keys"
+    );
+    assert!(
+        m.ext.policy.is_none()
+            || matches!(
+                (from, t),
+                (Sender::Plugin, M::SpdAdd) | (Sender::Daemon, M::SpdDump)
+            ),
+        "ipc: {t} from the {from} accepted with an X_POLICY"
+    );
+    assert!(
+        !(from == Sender::Daemon && t == M::Acquire && m.header.errno.is_none()),
+        "ipc: ACQUIRE from the daemon accepted without an errno"
+    );
+    assert!(
+        !matches!((from, t), (_, M::Unknown(_)) | (Sender::Daemon, M::Expire)),
+        "ipc: {t} accepted from the {from}"
+    );
+}
+
+/// `isecrets.cfg` (`pluto::secrets::Secrets::parse`, includes read from the bench
+/// directory), then `find_psk` and `find_with` for pairs of the addresses it lists, checked
+/// against the matching rules of the module's documentation.
+pub fn secrets(data: &[u8]) {
+    // Includes stay inside the bench directory: a file that includes names no other path.
+    if data.windows(7).any(|w| w == b"include") && data.contains(&b'/') {
+        return;
+    }
+    let path = daemon::secrets_path();
+    let lines = u32::try_from(data.split(|&b| b == b'\n').count()).unwrap_or(u32::MAX);
+    let s = match Secrets::parse(data, &path) {
+        Ok(s) => s,
+        Err(e) => {
+            assert!(!e.message.is_empty(), "secrets: an error without a message");
+            if e.file == path {
+                assert!(
+                    e.line <= lines,
+                    "secrets: error at line {} of {lines}",
+                    e.line
+                );
+            }
+            let _ = e.to_string();
+            return;
+        }
+    };
+    assert_eq!(
+        s.files().first(),
+        Some(&path),
+        "secrets: the top file is not the first read"
+    );
+    assert_eq!(
+        (s.len(), s.is_empty()),
+        (s.entries().len(), s.entries().is_empty())
+    );
+    for e in s.entries() {
+        let len = e.secret.as_bytes().len();
+        assert!(
+            (1..=pluto::secrets::MAX_SECRET_BYTES).contains(&len),
+            "secrets: a secret of {len} bytes"
+        );
+        assert!(
+            s.files().contains(&e.file),
+            "secrets: an entry from a file not listed"
+        );
+        assert!(
+            e.line >= 1 && (e.file != path || e.line <= lines),
+            "secrets: entry at line {}",
+            e.line
+        );
+    }
+    secrets_lookups(&s);
+}
+
+fn secrets_lookups(s: &Secrets) {
+    let mut pool = vec![lab::LOCAL, daemon::PEER, Ipv4Addr::LOCALHOST];
+    for e in s.entries() {
+        for i in &e.indices {
+            if let Index::Addr(a) = i {
+                if pool.len() < 5 && !pool.contains(a) {
+                    pool.push(*a);
+                }
+            }
+        }
+    }
+    // Host names resolve to some of the same addresses, chosen by the name.
+    let resolve = |h: &str| -> Vec<Ipv4Addr> {
+        let n = h.bytes().map(usize::from).sum::<usize>();
+        match n % 4 {
+            0 => Vec::new(),
+            1 => vec![pool[n % pool.len()]],
+            2 => vec![pool[0], pool[n % pool.len()]],
+            _ => vec![pool[1]],
+        }
+    };
+    let at = |n: Option<usize>| n.map(|n| &s.entries()[n] as *const Entry);
+    for &local in &pool {
+        for &remote in &pool {
+            for dynamic in [None, Some(local)] {
+                let want = expected_entry(s, local, remote, dynamic, &|_| Vec::new());
+                let got = s.find_psk(local, remote, dynamic);
+                assert_eq!(
+                    got.map(|x| x as *const _),
+                    want.map(|n| &s.entries()[n].secret as *const _),
+                    "secrets: find_psk({local}, {remote}, {dynamic:?}) picked entry {:?}, the rules say {:?}",
+                    got.and_then(|g| s.entries().iter().position(|e| std::ptr::eq(&e.secret, g))),
+                    want
+                );
+                let mut calls: HashMap<String, u32> = HashMap::new();
+                let got = s.find_with(local, remote, dynamic, |h| {
+                    *calls.entry(h.to_owned()).or_insert(0) += 1;
+                    resolve(h)
+                });
+                assert!(
+                    calls.values().all(|&n| n == 1),
+                    "secrets: a host name resolved more than once in one lookup"
+                );
+                let want = expected_entry(s, local, remote, dynamic, &resolve);
+                assert_eq!(
+                    got.map(|e| e as *const Entry),
+                    at(want),
+                    "secrets: find_with({local}, {remote}, {dynamic:?}) picked entry {:?}, the rules say {want:?}",
+                    got.and_then(|g| s.entries().iter().position(|e| std::ptr::eq(e, g)))
+                );
+            }
+        }
+    }
+}
+
+/// The matching rules of `pluto::secrets`' documentation, written out again: each entry
+/// gets a rank from 0 to 5, and the first entry of the highest rank above 0 wins.
+fn expected_entry(
+    s: &Secrets,
+    local: Ipv4Addr,
+    remote: Ipv4Addr,
+    dynamic_local: Option<Ipv4Addr>,
+    resolve: &dyn Fn(&str) -> Vec<Ipv4Addr>,
+) -> Option<usize> {
+    let any = Ipv4Addr::UNSPECIFIED;
+    let is_any = |i: &Index| *i == Index::Addr(any);
+    let is_local = |i: &Index| match i {
+        Index::Addr(a) => {
+            *a != any
+                && (*a == local || (*a == Ipv4Addr::LOCALHOST && dynamic_local == Some(local)))
+        }
+        Index::Host(h) => resolve(h).contains(&local),
+        Index::Id(_) => false,
+    };
+    let is_remote = |i: &Index| match i {
+        Index::Addr(a) => *a != any && *a == remote,
+        Index::Host(h) => resolve(h).contains(&remote),
+        Index::Id(_) => false,
+    };
+    let rank = |indices: &[Index]| -> u8 {
+        match indices {
+            [] => 1,
+            [i] if is_any(i) => 1,
+            [i] if is_local(i) => 3,
+            [i] if is_remote(i) => 2,
+            [_] => 0,
+            _ => {
+                let (l, r) = (indices.iter().any(is_local), indices.iter().any(is_remote));
+                match (l, r, indices.iter().any(is_any)) {
+                    (true, true, _) => 5,
+                    (true, false, true) => 4,
+                    _ => 0,
+                }
+            }
+        }
+    };
+    let mut best: Option<(u8, usize)> = None;
+    for (n, e) in s.entries().iter().enumerate() {
+        let r = rank(&e.indices);
+        if r > best.map_or(0, |(b, _)| b) {
+            best = Some((r, n));
+        }
+    }
+    best.map(|(_, n)| n)
+}
+
+/// The keying daemon's core as a responder (`daemon::drive`): the input as one datagram
+/// from the peer to port 500, then cut into datagrams at their ISAKMP lengths, each time
+/// on a fresh responder followed by its timeouts.
+pub fn isakmp(data: &[u8]) {
+    daemon::drive(&[data]);
+    let parts = daemon::split_datagrams(data);
+    if parts.len() > 1 {
+        daemon::drive(&parts);
+    }
 }

@@ -5,9 +5,11 @@
 
 use std::path::Path;
 
+use ipsec_plugin::ipc::{Message, Sender};
 use ipsec_plugin::{PacketBuf, Verdict};
 use ipsec_plugin_fuzz::lab::{self, Flow, SPECS};
-use ipsec_plugin_fuzz::{run, seal, TARGETS};
+use ipsec_plugin_fuzz::{daemon, run, seal, TARGETS};
+use pluto::{DeleteReason, Event};
 
 fn replay_dir(target: &str, dir: &Path) -> usize {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -131,4 +133,90 @@ fn sealed_packets_are_accepted() {
             );
         }
     }
+}
+
+fn seed(target: &str, name: &str) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("corpus")
+        .join(target)
+        .join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Every daemon-link seed named after its sender is a valid message from that side, so the
+/// fuzzer starts past decoding and validation.
+#[test]
+fn ipc_seeds_are_valid_messages() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/ipc");
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let from = match name.split('-').next() {
+            Some("plugin") => Sender::Plugin,
+            Some("daemon") => Sender::Daemon,
+            _ => continue,
+        };
+        let bytes = std::fs::read(entry.path()).unwrap();
+        Message::decode_from(&bytes, from).unwrap_or_else(|e| panic!("{name}: {e}"));
+        n += 1;
+    }
+    assert!(n >= 40, "only {n} message seeds");
+}
+
+/// The include seed reaches the bench directory's files, nested, and the deep one hits
+/// the nesting limit: includes are fuzzed, not just refused.
+#[test]
+fn secrets_includes_reach_the_bench_files() {
+    let path = daemon::secrets_path();
+    let s =
+        pluto::secrets::Secrets::parse(&seed("secrets", "include"), &path).expect("include seed");
+    assert_eq!((s.len(), s.files().len()), (5, 3), "{:?}", s.files());
+    let e = pluto::secrets::Secrets::parse(&seed("secrets", "include-deep"), &path).unwrap_err();
+    assert!(e.message.contains("nested deeper"), "{e}");
+    let e = pluto::secrets::Secrets::parse(&seed("secrets", "include-loop"), &path).unwrap_err();
+    assert!(e.message.contains("include loop"), "{e}");
+}
+
+fn isakmp_events(name: &str) -> Vec<Event> {
+    daemon::drive(&daemon::split_datagrams(&seed("isakmp", name)))
+}
+
+/// A fresh responder is the same every time, so the captured exchanges take it through
+/// Main Mode and Quick Mode again (and the fuzzer mutates whole exchanges).
+#[test]
+fn isakmp_seeds_replay_whole_exchanges() {
+    let child = |events: &[Event]| {
+        events
+            .iter()
+            .any(|e| matches!(e, Event::ChildSaEstablished(_)))
+    };
+    for name in [
+        "quick-mode",
+        "quick-mode-ipcomp",
+        "quick-mode-tripledes-md5-modp1024",
+        "quick-mode-aes256-sha256-modp1536",
+    ] {
+        let events = isakmp_events(name);
+        assert!(child(&events), "{name}: {events:?}");
+    }
+    let events = isakmp_events("quick-mode-then-delete");
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            Event::ChildSaDeleted {
+                reason: DeleteReason::PeerDeleted,
+                ..
+            }
+        )),
+        "{events:?}"
+    );
+    let events = isakmp_events("wrong-psk");
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, Event::Phase1Established { .. })),
+        "{events:?}"
+    );
+    // Alone, message 1 is answered and goes no further.
+    assert!(!child(&isakmp_events("mm1")));
 }
