@@ -457,6 +457,63 @@ pub fn selector_routes(bundles: &[BundleCfg], dynamic: Option<Ipv4Addr>) -> Vec<
     routes
 }
 
+/// The routing table that sends a road-warrior gateway's protected traffic into the TUN.
+const ROAD_WARRIOR_TABLE: &str = "4500";
+
+/// The sources whose traffic a road-warrior bundle (`remote = 0.0.0.0`, no
+/// `remote_subnet`) protects: its peers are not known in advance, so no destination route
+/// can catch their traffic. Instead everything from these sources is steered into the TUN
+/// by a policy rule (except what stays within the source's own prefix), and the plugin
+/// protects what goes to a bound peer and passes the rest.
+pub fn road_warrior_sources(bundles: &[BundleCfg], dynamic: Option<Ipv4Addr>) -> Vec<Cidr> {
+    let mut sources: Vec<Cidr> = Vec::new();
+    for b in bundles.iter().filter(|b| b.remote.is_unspecified() && b.remote_subnet.is_none()) {
+        let local = if b.local.is_unspecified() { dynamic } else { Some(b.local) };
+        let source = b.local_subnet.or(local.map(|l| Cidr::new(l, 32)));
+        if let Some(source) = source.filter(|s| !sources.contains(s)) {
+            sources.push(source);
+        }
+    }
+    sources
+}
+
+/// Policy rules for `road_warrior_sources`, removed again when dropped.
+#[derive(Default)]
+struct RoadWarriorRules {
+    sources: Vec<Cidr>,
+}
+
+impl RoadWarriorRules {
+    fn rule(verb: &str, source: Cidr) -> Result<(), String> {
+        let src = source.to_string();
+        // Within its own prefix the source talks directly (a gateway to its LAN).
+        ip(&["rule", verb, "from", &src, "to", &src, "lookup", "main", "priority", "4499"])?;
+        ip(&["rule", verb, "from", &src, "lookup", ROAD_WARRIOR_TABLE, "priority", "4500"])
+    }
+
+    fn sync(&mut self, wanted: Vec<Cidr>, tun: &str) -> Result<(), String> {
+        for old in self.sources.iter().filter(|o| !wanted.contains(o)) {
+            Self::rule("del", *old)?;
+        }
+        for new in wanted.iter().filter(|w| !self.sources.contains(w)) {
+            Self::rule("add", *new)?;
+        }
+        if !wanted.is_empty() {
+            ip(&["route", "replace", "default", "dev", tun, "table", ROAD_WARRIOR_TABLE])?;
+        }
+        self.sources = wanted;
+        Ok(())
+    }
+}
+
+impl Drop for RoadWarriorRules {
+    fn drop(&mut self) {
+        for source in std::mem::take(&mut self.sources) {
+            let _ = Self::rule("del", source);
+        }
+    }
+}
+
 /// Runs `ip ARGS`; the error carries what ip said.
 fn ip(args: &[&str]) -> Result<(), String> {
     let out = Process::new("ip")
@@ -553,6 +610,7 @@ struct Control<'a> {
     /// The address of the last connect, until link-down.
     dynamic: Option<Ipv4Addr>,
     routes: Vec<Route>,
+    road_warriors: RoadWarriorRules,
     link_mtu: u32,
     overhead: u32,
     tun_mtu: u32,
@@ -613,6 +671,8 @@ impl Control<'_> {
             }
         }
         self.routes = installed;
+        self.road_warriors
+            .sync(road_warrior_sources(&self.bundles, self.dynamic), &tun)?;
         Ok(warnings)
     }
 
@@ -871,6 +931,7 @@ pub fn run(args: &TunArgs) -> Result<bool, String> {
         bundles,
         dynamic: args.local,
         routes: Vec::new(),
+        road_warriors: RoadWarriorRules::default(),
         link_mtu,
         overhead: 0,
         tun_mtu: 0,
@@ -967,6 +1028,21 @@ mod tests {
         assert_eq!(
             selector_routes(&bundles, Some(Ipv4Addr::new(192, 0, 2, 41))),
             [route("10.2.0.0/24", Some([192, 0, 2, 41]))]
+        );
+    }
+
+    #[test]
+    fn road_warrior_gateways_steer_their_sources() {
+        let bundles = bundle(
+            "[lan]\nlocal = 192.0.2.42\nremote = 0.0.0.0\nmode = tunnel\nlocal_subnet = 10.2.0.0/24\nkeying = ike\n\
+             [host]\nlocal = 0.0.0.0\nremote = 0.0.0.0\nkeying = ike\n\
+             [fixed]\nlocal = 192.0.2.1\nremote = 0.0.0.0\nremote_subnet = 10.9.0.0/16\nkeying = ike\n",
+        );
+        let cidr = |s: &str| Cidr::parse(s).unwrap();
+        assert_eq!(road_warrior_sources(&bundles, None), [cidr("10.2.0.0/24")]);
+        assert_eq!(
+            road_warrior_sources(&bundles, Some(Ipv4Addr::new(192, 0, 2, 7))),
+            [cidr("10.2.0.0/24"), cidr("192.0.2.7/32")]
         );
     }
 

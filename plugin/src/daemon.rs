@@ -10,6 +10,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
+use std::net::Ipv4Addr;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -23,7 +24,7 @@ use crate::ipc::{
     self, Address, AuthAlg, CompAlg, EncryptAlg, Errno, Message, MsgType, SaExt, SaState, SaType, Sender, SupportedAlg,
 };
 use crate::log::Level;
-use crate::sad::{Expiry, Sa, SaLifetime, SaProto, SaTransform};
+use crate::sad::{Expiry, Sa, SaLifetime, SaProto, SaTransform, UdpPorts};
 use crate::spd::{FlowKey, SaSet};
 use crate::Core;
 
@@ -452,11 +453,36 @@ impl Core {
 
     fn link_build_sa(&self, msg: &Message) -> Result<(), Errno> {
         let inbound = msg.header.msg_type == MsgType::Update;
-        let (Some(proto), Some(ext), Some(bundle_name)) = (proto_of(msg.header.sa_type), msg.ext.sa, msg.ext.bundle.as_deref())
+        let (Some(proto), Some(ext), Some(bundle_name), Some(src), Some(dst)) =
+            (proto_of(msg.header.sa_type), msg.ext.sa, msg.ext.bundle.as_deref(), msg.ext.address_src, msg.ext.address_dst)
         else {
             return Err(Errno::Invalid);
         };
         let bundle = self.ike_bundle(bundle_name).map_err(|_| Errno::NoEntry)?;
+        // Inbound SAs run from the peer to this end, outbound ones the other way.
+        let (here, there) = if inbound { (dst, src) } else { (src, dst) };
+        // A road warrior is bound to the peer its SAs name; other bundles have theirs.
+        let peer = if bundle.remote.is_unspecified() {
+            if there.addr.is_unspecified() || there.addr.is_broadcast() || there.addr.is_multicast() {
+                return Err(Errno::Invalid);
+            }
+            Some(there.addr)
+        } else {
+            None
+        };
+        // NAT-T is negotiated per SA and concerns ESP alone (RFC 3948); `udp_encap = yes`
+        // asks for it always.
+        let encap = if proto != SaProto::Esp {
+            None
+        } else if ext.flags & ipc::SA_FLAG_UDP_ENCAP != 0 {
+            if bundle.ah.is_some() {
+                // AH covers the outer addresses a NAT rewrites; config refuses this pair too.
+                return Err(Errno::Invalid);
+            }
+            Some(UdpPorts::or_nat_t(here.port, there.port))
+        } else {
+            bundle.udp_encap.then_some(UdpPorts::NAT_T)
+        };
         if inbound && !lock(&self.link).larval.remove(&(proto, ext.spi)) {
             // An inbound SPI must be one this side handed out.
             return Err(Errno::NoEntry);
@@ -471,7 +497,7 @@ impl Core {
                 if bundle.esp != Some(t) {
                     return Err(Errno::Invalid);
                 }
-                Sa::esp(ext.spi, inbound, t, enc, auth, window, now).map_err(|_| Errno::Invalid)?
+                Sa::esp(ext.spi, inbound, t, enc, auth, window, now).map_err(|_| Errno::Invalid)?.with_udp_encap(encap)
             }
             SaProto::Ah => {
                 let alg = ext.auth.integ().ok_or(Errno::NotSupported)?;
@@ -517,7 +543,7 @@ impl Core {
         };
         if let Some(set) = complete {
             let (out, inb) = if inbound { (None, Some(set)) } else { (Some(set), None) };
-            self.install_sets(&bundle.name, out, inb).map_err(|_| Errno::Invalid)?;
+            self.install_sets(&bundle.name, out, inb, peer).map_err(|_| Errno::Invalid)?;
         }
         Ok(())
     }
@@ -590,7 +616,8 @@ impl Core {
         let link = &self.ctx.link;
         let mut msg = Message::new(MsgType::Expire, sa_type, link.next_seq(), std::process::id());
         let state = if expiry == Expiry::Hard { SaState::Dead } else { SaState::Dying };
-        msg.ext.sa = Some(SaExt::bare(sa.spi, state));
+        let flags = if sa.udp_encap.is_some() { ipc::SA_FLAG_UDP_ENCAP } else { 0 };
+        msg.ext.sa = Some(SaExt { flags, ..SaExt::bare(sa.spi, state) });
         msg.ext.lifetime_current = Some(ipc::Lifetime {
             allocations: u32::try_from(sa.counters.packets()).unwrap_or(u32::MAX),
             bytes: sa.counters.bytes(),
@@ -603,10 +630,13 @@ impl Core {
             Expiry::Soft => msg.ext.lifetime_soft = limit(l.soft_secs, l.soft_bytes),
             Expiry::Hard => msg.ext.lifetime_hard = limit(l.hard_secs, l.hard_bytes),
         }
-        let (local, remote) = (b.local.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED), b.config.remote);
-        let (src, dst) = if sa.inbound { (remote, local) } else { (local, remote) };
-        msg.ext.address_src = Some(Address::host(src));
-        msg.ext.address_dst = Some(Address::host(dst));
+        let (local, peer) = (b.local.unwrap_or(Ipv4Addr::UNSPECIFIED), b.peer.unwrap_or(Ipv4Addr::UNSPECIFIED));
+        let ports = sa.udp_encap.map_or((0, 0), |p| (p.local, p.remote));
+        let here = Address { port: ports.0, ..Address::host(local) };
+        let there = Address { port: ports.1, ..Address::host(peer) };
+        let (src, dst) = if sa.inbound { (there, here) } else { (here, there) };
+        msg.ext.address_src = Some(src);
+        msg.ext.address_dst = Some(dst);
         msg.ext.bundle = Some(b.name().to_string());
         let _ = link.send(&msg);
     }

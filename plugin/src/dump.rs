@@ -51,13 +51,18 @@ pub fn text(spd: &Spd, global: &Counters, now_ms: u64) -> String {
     }
     for b in &spd.bundles {
         let local = b.local.map_or_else(|| "0.0.0.0 (dynamic)".to_string(), |a| a.to_string());
+        let remote = match b.peer {
+            Some(peer) if b.is_road_warrior() => format!("{peer} (road warrior)"),
+            Some(peer) => peer.to_string(),
+            None => "0.0.0.0 (any peer)".to_string(),
+        };
         let _ = writeln!(
             s,
             "[{}] {} {} <-> {}  keying {}  state {}  (line {})",
             b.name(),
             if b.is_tunnel() { "tunnel" } else { "transport" },
             local,
-            b.config.remote,
+            remote,
             keying(b),
             b.state().name(),
             b.config.line
@@ -74,7 +79,11 @@ pub fn text(spd: &Spd, global: &Counters, now_ms: u64) -> String {
                     port(sel.remote_port)
                 );
             }
-            None => s.push_str("  selector (waits for the host's address)\n"),
+            None if b.local.is_none() => s.push_str("  selector (waits for the host's address)\n"),
+            None => s.push_str("  selector (waits for a road-warrior peer)\n"),
+        }
+        if let Some(former) = b.former_peer {
+            let _ = writeln!(s, "  former peer {former}: its traffic is dropped, not sent in clear");
         }
         for (sa, superseded) in sas(b) {
             let dir = if superseded { "old" } else if sa.inbound { "in " } else { "out" };
@@ -92,14 +101,16 @@ pub fn text(spd: &Spd, global: &Counters, now_ms: u64) -> String {
             } else {
                 format!("seq {}", sa.last_seq())
             };
+            let encap = sa.udp_encap.map_or_else(String::new, |p| format!("  udp {} <-> {}", p.local, p.remote));
             let _ = writeln!(
                 s,
-                "  {:<6} {} {}  {:<14} {}  packets {} bytes {} age {}s",
+                "  {:<6} {} {}  {:<14} {}{}  packets {} bytes {} age {}s",
                 sa.proto.name(),
                 dir,
                 id,
                 sa.transform.description(),
                 seq,
+                encap,
                 sa.counters.packets(),
                 sa.counters.bytes(),
                 age_secs(sa, now_ms)
@@ -151,14 +162,18 @@ pub fn json(spd: &Spd, global: &Counters, now_ms: u64) -> String {
             } else {
                 ("null".to_string(), sa.last_seq())
             };
+            let encap = sa
+                .udp_encap
+                .map_or_else(|| "null".to_string(), |p| format!("{{\"local_port\":{},\"remote_port\":{}}}", p.local, p.remote));
             sa_items.push(format!(
-                "{{\"protocol\":{},\"direction\":{},\"superseded\":{superseded},\"spi\":{},\"transform\":{},\"seq\":{},\"replay_window\":{},\"packets\":{},\"bytes\":{},\"age_secs\":{},\"drops\":{}}}",
+                "{{\"protocol\":{},\"direction\":{},\"superseded\":{superseded},\"spi\":{},\"transform\":{},\"seq\":{},\"replay_window\":{},\"udp_encap\":{},\"packets\":{},\"bytes\":{},\"age_secs\":{},\"drops\":{}}}",
                 json_str(sa.proto.name()),
                 json_str(if sa.inbound { "in" } else { "out" }),
                 sa.spi,
                 json_str(&sa.transform.description()),
                 seq,
                 window,
+                encap,
                 sa.counters.packets(),
                 sa.counters.bytes(),
                 age_secs(sa, now_ms),
@@ -176,13 +191,16 @@ pub fn json(spd: &Spd, global: &Counters, now_ms: u64) -> String {
             ),
             None => "null".to_string(),
         };
+        let addr = |a: Option<std::net::Ipv4Addr>| a.map_or_else(|| "null".to_string(), |a| json_str(&a.to_string()));
         bundles.push(format!(
-            "{{\"name\":{},\"line\":{},\"mode\":{},\"local\":{},\"remote\":{},\"keying\":{},\"state\":{},\"selector\":{},\"sas\":[{}],\"drops\":{}}}",
+            "{{\"name\":{},\"line\":{},\"mode\":{},\"local\":{},\"remote\":{},\"road_warrior\":{},\"former_peer\":{},\"keying\":{},\"state\":{},\"selector\":{},\"sas\":[{}],\"drops\":{}}}",
             json_str(b.name()),
             b.config.line,
             json_str(if b.is_tunnel() { "tunnel" } else { "transport" }),
-            b.local.map_or_else(|| "null".to_string(), |a| json_str(&a.to_string())),
-            json_str(&b.config.remote.to_string()),
+            addr(b.local),
+            addr(b.peer),
+            b.is_road_warrior(),
+            addr(b.former_peer),
             json_str(keying(b)),
             json_str(b.state().name()),
             selector,

@@ -13,7 +13,7 @@ use crate::acquire::{Acquire, HeldQueue};
 use crate::daemon::LinkSender;
 use crate::config::Keying;
 use crate::log::{EventLog, Level};
-use crate::sad::{ReplayError, Sa, SaProto, SaTransform};
+use crate::sad::{ReplayError, Sa, SaProto, SaTransform, UdpPorts};
 use crate::spd::{BundleList, BundlePolicy, FlowKey, SaSet, Spd};
 use crate::stats::{Counters, DropReason};
 use crate::wire::{self, ah, esp, icmp, ipcomp, ipv4, udp, IpProtocol};
@@ -276,8 +276,9 @@ fn is_ike(pkt: &PacketBuf<'_>) -> bool {
 /// Whether an IKE packet from `src` to `dst` is the keying of bundle `b` itself (between
 /// its own endpoints), which must pass that bundle unprotected. IKE to anyone else is
 /// ordinary traffic for it: nested bundles key the inner one through the outer tunnel.
+/// A road warrior's keying is with any peer: the next one must get through too.
 fn keys_bundle(b: &BundlePolicy, src: Ipv4Addr, dst: Ipv4Addr) -> bool {
-    let peer = |a: Ipv4Addr| b.config.remote.is_unspecified() || a == b.config.remote;
+    let peer = |a: Ipv4Addr| b.is_road_warrior() || Some(a) == b.peer;
     (b.local == Some(src) && peer(dst)) || (b.local == Some(dst) && peer(src))
 }
 
@@ -411,21 +412,18 @@ fn outbound_one<'s>(
     let mut first_bundle = None;
     for (index, b) in spd.bundles.iter().enumerate().skip(start) {
         let flow = pkt.flow();
-        let Some(sel) = &b.selector else {
-            // The bundle's own address is not known yet; what it would protect must not
-            // leave in clear meanwhile.
-            let remote = b.config.remote_subnet.unwrap_or(crate::config::Cidr::host(b.config.remote));
-            if remote.contains(flow.dst) && b.config.protocol.is_none_or(|p| p == flow.protocol) {
-                return ctx.drop_packet(
-                    DropReason::NoSa,
-                    Some(b),
-                    None,
-                    format_args!("{} -> {}: bundle waits for the host's address", flow.src, flow.dst),
-                );
+        let own_keying = ike && keys_bundle(b, flow.src, flow.dst);
+        if !b.selector.as_ref().is_some_and(|sel| sel.matches_outbound(&flow)) || own_keying {
+            // What the bundle would protect but cannot carry (its address or its peer is
+            // not known, or a road warrior's former peer) must not leave in clear.
+            if !own_keying && b.blocked.as_ref().is_some_and(|sel| sel.matches_outbound(&flow)) {
+                let why = match b.state() {
+                    crate::spd::BundleState::AwaitingAddress => "bundle waits for the host's address",
+                    _ if b.peer.is_none() => "road-warrior bundle waits for a peer",
+                    _ => "the road warrior this traffic belongs to has left",
+                };
+                return ctx.drop_packet(DropReason::NoSa, Some(b), None, format_args!("{} -> {}: {why}", flow.src, flow.dst));
             }
-            continue;
-        };
-        if !sel.matches_outbound(&flow) || (ike && keys_bundle(b, flow.src, flow.dst)) {
             continue;
         }
         if b.failed {
@@ -491,7 +489,8 @@ fn apply_bundle<'s>(
 ) -> SaResult<'s> {
     if b.is_tunnel() {
         let local = b.local.unwrap_or(Ipv4Addr::UNSPECIFIED);
-        encapsulate(pkt, local, b.config.remote, ctx.next_ident()).map_err(|r| (r, None))?;
+        let peer = b.peer.unwrap_or(Ipv4Addr::UNSPECIFIED);
+        encapsulate(pkt, local, peer, ctx.next_ident()).map_err(|r| (r, None))?;
     }
     // Every transform below reads the packet's bytes, so an ESP encryption of this packet
     // put off by an earlier bundle happens first.
@@ -506,8 +505,8 @@ fn apply_bundle<'s>(
             Some((d, i)) => d.items[*i] = Some(sealed),
             None => seal_region(&sealed, pkt.buf).map_err(|r| (r, Some(&**sa)))?,
         }
-        if b.config.udp_encap {
-            udp_encapsulate(pkt).map_err(|r| (r, Some(&**sa)))?;
+        if let Some(ports) = sa.udp_encap {
+            udp_encapsulate(pkt, ports).map_err(|r| (r, Some(&**sa)))?;
         }
     }
     if let Some(sa) = &sas.ah {
@@ -568,13 +567,14 @@ fn compress(sa: &Sa, pkt: &mut PacketBuf<'_>) -> Result<(), DropReason> {
     Ok(())
 }
 
-/// RFC 3948: a UDP header from and to port 4500 in front of the ESP packet, checksum zero
-/// (section 2.1). Only the IPv4 header moves, so a deferred ESP seal stays valid.
-fn udp_encapsulate(pkt: &mut PacketBuf<'_>) -> Result<(), DropReason> {
+/// RFC 3948: a UDP header with the SA's ports (4500 both ways unless NAT-T found a NAT
+/// that maps the peer's) in front of the ESP packet, checksum zero (section 2.1). Only the
+/// IPv4 header moves, so a deferred ESP seal stays valid.
+fn udp_encapsulate(pkt: &mut PacketBuf<'_>, ports: UdpPorts) -> Result<(), DropReason> {
     pkt.open_gap(udp::HEADER_LEN)?;
     let hl = pkt.header_len();
     let payload_len = pkt.len - hl - udp::HEADER_LEN;
-    let repr = udp::Repr { src_port: NAT_T_PORT, dst_port: NAT_T_PORT, payload_len };
+    let repr = udp::Repr { src_port: ports.local, dst_port: ports.remote, payload_len };
     repr.emit(&mut udp::Packet::new_unchecked(&mut pkt.data_mut()[hl..hl + udp::HEADER_LEN]));
     pkt.finish_header(IpProtocol::Udp);
     Ok(())
@@ -674,16 +674,16 @@ pub fn inbound(spd: &Spd, ctx: &Context, pkt: &mut PacketBuf<'_>) -> Verdict {
     }
     let mut removed = BundleList::default();
     let mut open: Option<OpenBundle> = None;
-    // The ESP packet just came out of a UDP-4500 datagram (RFC 3948).
-    let mut udp_encapsulated = false;
+    // The ESP packet just came out of a UDP datagram to this local port (RFC 3948).
+    let mut udp_encapsulated: Option<u16> = None;
     for _ in 0..MAX_LAYERS {
         let ip = pkt.ip();
         let next = ip.next_header();
         let proto = match next {
-            IpProtocol::Udp if !udp_encapsulated && spd.is_local(ip.dst_addr()) && !ip.is_fragment() => {
-                let esp_len = match udp::Packet::new_checked(ip.payload()) {
-                    Ok(u) if u.dst_port() == NAT_T_PORT && udp::classify_nat_t(u.payload()) == Ok(udp::NatTPayload::Esp) => {
-                        u.payload().len()
+            IpProtocol::Udp if udp_encapsulated.is_none() && spd.is_local(ip.dst_addr()) && !ip.is_fragment() => {
+                let (esp_len, port) = match udp::Packet::new_checked(ip.payload()) {
+                    Ok(u) if spd.is_encap_port(u.dst_port()) && udp::classify_nat_t(u.payload()) == Ok(udp::NatTPayload::Esp) => {
+                        (u.payload().len(), u.dst_port())
                     }
                     _ => break,
                 };
@@ -691,7 +691,7 @@ pub fn inbound(spd: &Spd, ctx: &Context, pkt: &mut PacketBuf<'_>) -> Verdict {
                 pkt.len = hl + udp::HEADER_LEN + esp_len;
                 pkt.close_gap(udp::HEADER_LEN);
                 pkt.finish_header(IpProtocol::Esp);
-                udp_encapsulated = true;
+                udp_encapsulated = Some(port);
                 continue;
             }
             IpProtocol::Esp => SaProto::Esp,
@@ -704,7 +704,7 @@ pub fn inbound(spd: &Spd, ctx: &Context, pkt: &mut PacketBuf<'_>) -> Verdict {
                     return ctx.drop_packet(DropReason::WrongLayerOrder, Some(b), None, format_args!("tunnel payload before all of the bundle's layers"));
                 }
                 if let Err(reason) = decapsulate(pkt) {
-                    return ctx.drop_packet(reason, Some(b), None, format_args!("tunnel from {}", b.config.remote));
+                    return ctx.drop_packet(reason, Some(b), None, format_args!("tunnel from {}", b.peer.unwrap_or(Ipv4Addr::UNSPECIFIED)));
                 }
                 removed.push(o.index);
                 open = None;
@@ -731,15 +731,18 @@ pub fn inbound(spd: &Spd, ctx: &Context, pkt: &mut PacketBuf<'_>) -> Verdict {
             );
         };
         let b = &spd.bundles[index];
-        if (proto == SaProto::Esp && b.config.udp_encap) != udp_encapsulated {
+        // An ESP-in-UDP SA takes its packets in UDP to its local port (from any source
+        // port: a NAT may change it), any other SA plain.
+        let expected = if proto == SaProto::Esp { sa.udp_encap.map(|p| p.local) } else { None };
+        if expected != udp_encapsulated {
             return ctx.drop_packet(
                 DropReason::WrongEncapsulation,
                 Some(b),
                 Some(sa),
-                format_args!("{proto} SPI 0x{spi:08x} from {src}: UDP encapsulation {} the bundle's", if udp_encapsulated { "against" } else { "missing, against" }),
+                format_args!("{proto} SPI 0x{spi:08x} from {src}: {} for an SA that takes {}", Encap(udp_encapsulated), Encap(expected)),
             );
         }
-        udp_encapsulated = false;
+        udp_encapsulated = None;
         let stage = stage_of(proto);
         let from = match open {
             Some(o) if o.index == index => o.next_stage,
@@ -774,6 +777,18 @@ pub fn inbound(spd: &Spd, ctx: &Context, pkt: &mut PacketBuf<'_>) -> Verdict {
     check_policy(spd, ctx, pkt, &removed)
 }
 
+/// How an ESP packet travels, for the log: plain, or in UDP to a port of this end.
+struct Encap(Option<u16>);
+
+impl std::fmt::Display for Encap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            None => f.write_str("plain ESP"),
+            Some(port) => write!(f, "ESP in UDP to port {port}"),
+        }
+    }
+}
+
 /// The inbound policy check of SPEC §2: the removed bundles, in file order, must be
 /// exactly the ones the peer's outbound processing would have applied.
 fn check_policy(spd: &Spd, ctx: &Context, pkt: &PacketBuf<'_>, removed: &BundleList) -> Verdict {
@@ -802,8 +817,8 @@ fn check_policy(spd: &Spd, ctx: &Context, pkt: &PacketBuf<'_>, removed: &BundleL
 fn guess_bundle(spd: &Spd, src: Ipv4Addr, dst: Ipv4Addr) -> Option<&BundlePolicy> {
     spd.bundles
         .iter()
-        .find(|b| b.config.remote == src && b.local == Some(dst))
-        .or_else(|| spd.bundles.iter().find(|b| b.config.remote == src))
+        .find(|b| b.peer == Some(src) && b.local == Some(dst))
+        .or_else(|| spd.bundles.iter().find(|b| b.peer == Some(src)))
 }
 
 fn read_spi(proto: SaProto, payload: &[u8]) -> Option<u32> {

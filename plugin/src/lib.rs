@@ -199,7 +199,7 @@ impl Plugin {
             config_file,
             host: Arc::clone(&host),
             ctx: Context::new(log, host),
-            spd: RwLock::new(Arc::new(Spd { bundles: Vec::new(), sad: Default::default() })),
+            spd: RwLock::new(Arc::new(Spd::default())),
             control: Mutex::new(ControlState { bundles: Vec::new(), failed: Vec::new(), dynamic_local: None }),
             link: Mutex::new(daemon::LinkState::default()),
         };
@@ -381,7 +381,7 @@ impl Core {
                     Level::Inf,
                     b.name(),
                     "bundle",
-                    format_args!("bundle {} ({} {} <-> {})", b.state().name(), mode_name(b), local, b.config.remote),
+                    format_args!("bundle {} ({} {} <-> {})", b.state().name(), mode_name(b), local, peer_name(b)),
                 );
             }
         }
@@ -460,7 +460,7 @@ impl Core {
             .map_err(|errs| Error::Keys(errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")))?;
         let (outbound, inbound) =
             spd::build_sa_sets(&b, &sa_keys, self.host.now_ms()).map_err(|e| Error::Keys(e.to_string()))?;
-        self.install_sets(bundle, Some(outbound), Some(inbound))
+        self.install_sets(bundle, Some(outbound), Some(inbound), None)
     }
 
     /// The configuration of a `keying = ike` bundle.
@@ -479,24 +479,43 @@ impl Core {
     /// used at once; new inbound SAs retire the previous ones, which are still accepted
     /// (packets the peer sent before it switched are in flight) until the next rekey. Held
     /// packets leave once the bundle has outbound SAs.
-    fn install_sets(&self, bundle: &str, outbound: Option<SaSet>, inbound: Option<SaSet>) -> Result<(), Error> {
+    ///
+    /// `peer` is the peer the keying daemon negotiated with; it matters for a road-warrior
+    /// bundle only, which it binds. SAs with another peer than the bound one replace that
+    /// peer's (one peer at a time); None keeps the bound peer (a road warrior with none
+    /// cannot take keys).
+    fn install_sets(&self, bundle: &str, outbound: Option<SaSet>, inbound: Option<SaSet>, peer: Option<Ipv4Addr>) -> Result<(), Error> {
         let control = self.control();
-        if !control.bundles.iter().any(|b| b.name == bundle && matches!(b.keying, Keying::Ike(_))) {
+        let Some(config) = control.bundles.iter().find(|b| b.name == bundle && matches!(b.keying, Keying::Ike(_))) else {
             return Err(Error::NoSuchBundle(bundle.to_string()));
-        }
+        };
         let old = self.current();
+        let previous = old.find(bundle);
+        let old_peer = previous.and_then(|p| p.peer);
+        let (peer, replaced) = if config.remote.is_unspecified() {
+            let Some(peer) = peer.or(old_peer) else {
+                return Err(Error::InvalidArgument(format!(
+                    "bundle [{bundle}] accepts any peer (remote = 0.0.0.0): its keys come from the keying daemon, with the peer's address"
+                )));
+            };
+            (Some(peer), old_peer.filter(|p| *p != peer))
+        } else {
+            (None, None)
+        };
         let (spd, errors) = Spd::build(&control.bundles, &control.failed, control.dynamic_local, self.host.now_ms(), |c| {
             if c.name == bundle {
-                let previous = old.find(bundle);
-                let (old_out, old_in, old_retired) = previous.map_or((None, None, None), |p| {
-                    (p.outbound.clone(), p.inbound.clone(), p.retired.clone())
-                });
+                // A new road warrior starts afresh: the previous peer's SAs go with it.
+                let kept = previous.filter(|_| replaced.is_none());
+                let (old_out, old_in, old_retired) =
+                    kept.map_or((None, None, None), |p| (p.outbound.clone(), p.inbound.clone(), p.retired.clone()));
                 let retired = if inbound.is_some() { old_in.clone() } else { old_retired };
                 return Some(Carried {
                     outbound: outbound.clone().or(old_out),
                     inbound: inbound.clone().or(old_in),
                     retired,
                     counters: previous.map(|p| Arc::clone(&p.counters)).unwrap_or_default(),
+                    peer,
+                    former_peer: replaced.or(previous.and_then(|p| p.former_peer)),
                 });
             }
             old.find(&c.name).filter(|p| p.config == *c).map(Carried::from)
@@ -504,12 +523,20 @@ impl Core {
         if let Some(e) = errors.iter().find(|e| e.bundle == bundle) {
             return Err(Error::Keys(e.message.clone()));
         }
+        self.log_peer_change(previous, spd.find(bundle));
         for sa in outbound.iter().chain(inbound.iter()).flat_map(SaSet::iter) {
+            let encap = sa.udp_encap.map_or_else(String::new, |p| format!(" in UDP {}<->{}", p.local, p.remote));
             self.log().event(
                 Level::Inf,
                 bundle,
                 "sa",
-                format_args!("SA installed: {} {} SPI 0x{:08x} {}", if sa.inbound { "in" } else { "out" }, sa.proto, sa.spi, sa.transform.description()),
+                format_args!(
+                    "SA installed: {} {} SPI 0x{:08x} {}{encap}",
+                    if sa.inbound { "in" } else { "out" },
+                    sa.proto,
+                    sa.spi,
+                    sa.transform.description()
+                ),
             );
         }
         let spd = Arc::new(spd);
@@ -519,6 +546,21 @@ impl Core {
             self.release_held(&spd, bundle);
         }
         Ok(())
+    }
+
+    /// Logs a road warrior's binding to a peer, and its end.
+    fn log_peer_change(&self, before: Option<&spd::BundlePolicy>, after: Option<&spd::BundlePolicy>) {
+        let Some(after) = after.filter(|b| b.is_road_warrior()) else { return };
+        let old = before.and_then(|b| b.peer);
+        let message = match (old, after.peer) {
+            (None, Some(new)) => format!("road warrior {new}: the bundle carries its traffic"),
+            (Some(old), Some(new)) if old != new => {
+                format!("road warrior {new} replaces {old} (one peer at a time): {old}'s SAs are dropped, its traffic blocked")
+            }
+            (Some(old), None) => format!("road warrior {old} has no SAs left: awaiting a peer; its traffic stays blocked"),
+            _ => return,
+        };
+        self.log().event(Level::Inf, after.name(), "peer", format_args!("{message}"));
     }
 
     /// Removes SAs of an IKE bundle: an outbound or inbound set that loses one of its SAs
@@ -532,13 +574,15 @@ impl Core {
             if c.name != bundle {
                 return Some(Carried::from(p));
             }
+            // A road warrior left without SAs loses its peer in `Spd::build`.
             Some(Carried {
                 outbound: keep(&p.outbound),
                 inbound: keep(&p.inbound),
                 retired: keep(&p.retired),
-                counters: Arc::clone(&p.counters),
+                ..Carried::from(p)
             })
         });
+        self.log_peer_change(old.find(bundle), spd.find(bundle));
         *self.spd.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(spd);
     }
 
@@ -601,6 +645,11 @@ impl Core {
             DumpFormat::Json => dump::json(&spd, &self.ctx.global, now),
         }
     }
+}
+
+/// The far end for logs: the peer, or for a road warrior without one "any peer".
+fn peer_name(b: &spd::BundlePolicy) -> String {
+    b.peer.map_or_else(|| "any peer".to_string(), |a| a.to_string())
 }
 
 fn mode_name(b: &spd::BundlePolicy) -> &'static str {

@@ -172,6 +172,31 @@ pub struct Sa {
     pub lifetime: SaLifetime,
     /// Which limits were reached already: `SOFT_REACHED`, `HARD_REACHED`.
     expired: AtomicU8,
+    /// ESP only: the SA's packets travel in UDP (RFC 3948) between these ports. From
+    /// `udp_encap = yes` (4500/4500) or, for SAs from the keying daemon, from the NAT-T
+    /// that IKE negotiated for this SA (flag UDP_ENCAP and the ports of its addresses).
+    pub udp_encap: Option<UdpPorts>,
+}
+
+/// The UDP ports of an ESP-in-UDP SA (RFC 3948), from this end's point of view: outbound
+/// packets go from `local` to `remote`; inbound ones must arrive at `local` (from any
+/// port: a NAT on the way may change the peer's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UdpPorts {
+    pub local: u16,
+    pub remote: u16,
+}
+
+impl UdpPorts {
+    /// 4500 both ways: what `udp_encap = yes` means, and what a port of 0 from the daemon
+    /// stands for.
+    pub const NAT_T: UdpPorts = UdpPorts { local: crate::wire::udp::NAT_T_PORT, remote: crate::wire::udp::NAT_T_PORT };
+
+    /// Ports as the daemon sends them, 0 meaning 4500.
+    pub fn or_nat_t(local: u16, remote: u16) -> UdpPorts {
+        let port = |p: u16| if p == 0 { crate::wire::udp::NAT_T_PORT } else { p };
+        UdpPorts { local: port(local), remote: port(remote) }
+    }
 }
 
 /// Soft and hard lifetime of an SA, in seconds since it was added and in bytes; 0 = none.
@@ -229,6 +254,13 @@ impl Sa {
         self.lifetime = lifetime;
         self
     }
+
+    /// Puts the SA's packets in UDP (ESP only: AH and IPComp SAs ignore it).
+    pub fn with_udp_encap(mut self, ports: Option<UdpPorts>) -> Sa {
+        self.udp_encap = ports.filter(|_| self.proto == SaProto::Esp);
+        self
+    }
+
     pub fn new(proto: SaProto, spi: u32, inbound: bool, transform: SaTransform, replay_window: u32, now_ms: u64) -> Sa {
         Sa {
             proto,
@@ -241,6 +273,7 @@ impl Sa {
             created_ms: now_ms,
             lifetime: SaLifetime::default(),
             expired: AtomicU8::new(0),
+            udp_encap: None,
         }
     }
 

@@ -71,17 +71,40 @@ ah_key_out = 0x000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f
 ah_key_in = 0x1f1e1d1c1b1a191817161514131211100f0e0d0c0b0a09080706050403020100
 ";
 
+/// ESP in UDP (RFC 3948).
+const UDP_ENCAP: &str = "
+[u]
+local = 192.0.2.1
+remote = 192.0.2.2
+esp = aes128-sha1
+udp_encap = yes
+replay_window = 64
+esp_spi_out = 0x1001
+esp_spi_in = 0x1002
+esp_enc_key_out = 0x00112233445566778899aabbccddeeff
+esp_enc_key_in = 0xffeeddccbbaa99887766554433221100
+esp_auth_key_out = 0x0102030405060708090a0b0c0d0e0f1011121314
+esp_auth_key_in = 0x1413121110f0e0d0c0b0a0908070605040302010
+";
+
+// One test: the allocation counter is global, and tests run on parallel threads.
 #[test]
 fn outbound_and_inbound_do_not_allocate() {
-    let b_cfg = A
+    for (name, cfg) in [("nested", A), ("udp-encap", UDP_ENCAP)] {
+        no_allocations(name, cfg);
+    }
+}
+
+fn no_allocations(name: &str, a_cfg: &str) {
+    let b_cfg = a_cfg
         .replace("local = 192.0.2.1", "local = X")
         .replace("remote = 192.0.2.2", "remote = 192.0.2.1")
         .replace("local = X", "local = 192.0.2.2")
         .replace("_out", "_tmp")
         .replace("_in", "_out")
         .replace("_tmp", "_in");
-    let dir = std::env::temp_dir().join(format!("ipsec-fastpath-{}", std::process::id()));
-    let a = open(&dir.join("a"), A);
+    let dir = std::env::temp_dir().join(format!("ipsec-fastpath-{}-{name}", std::process::id()));
+    let a = open(&dir.join("a"), a_cfg);
     let b = open(&dir.join("b"), &b_cfg);
 
     let mut plain = vec![0u8; 1000];
@@ -111,6 +134,6 @@ fn outbound_and_inbound_do_not_allocate() {
         }
     }
     COUNTING.store(false, Ordering::SeqCst);
-    assert_eq!(ALLOCATIONS.load(Ordering::SeqCst), 0, "the per-packet path allocated");
+    assert_eq!(ALLOCATIONS.load(Ordering::SeqCst), 0, "the per-packet path allocated ({name})");
     let _ = std::fs::remove_dir_all(&dir);
 }

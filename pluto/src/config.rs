@@ -57,10 +57,21 @@ pub struct EndpointConfig {
     /// Responder Main Modes that have not finished, beyond which new ones are dropped: a
     /// flood of message 1s cannot exhaust memory.
     pub max_half_open: usize,
-    /// NAT traversal (RFC 3947): offered and accepted unless off.
+    /// Offer and accept NAT traversal (RFC 3947 vendor IDs, NAT-D, floating to
+    /// `nat_t_port`, UDP-encapsulated ESP).
     pub nat_traversal: bool,
-    /// Where IKE floats to when a NAT is detected, and ESP-in-UDP goes (RFC 3948).
+    /// The port IKE floats to and UDP-encapsulated ESP uses (RFC 3948), 4500 by default.
     pub nat_t_port: u16,
+    /// How often a NAT-keepalive goes out while this end is behind a NAT and has a child
+    /// SA with the peer (RFC 3948 §4; Pluto and charon: 20 s). At least 1 s.
+    pub keepalive_interval: Duration,
+    /// Dead Peer Detection (RFC 3706): ask R-U-THERE after this much silence from the
+    /// peer, when it advertised DPD. None sends no probes; R-U-THERE from the peer is
+    /// answered either way. At least 1 s.
+    pub dpd_delay: Option<Duration>,
+    /// How long R-U-THERE may go unanswered before the peer is declared dead and its SAs
+    /// removed. At least 1 s.
+    pub dpd_timeout: Duration,
 }
 
 impl Default for EndpointConfig {
@@ -75,6 +86,9 @@ impl Default for EndpointConfig {
             max_half_open: 1000,
             nat_traversal: true,
             nat_t_port: 4500,
+            keepalive_interval: Duration::from_secs(20),
+            dpd_delay: Some(Duration::from_secs(30)),
+            dpd_timeout: Duration::from_secs(120),
         }
     }
 }
@@ -87,6 +101,12 @@ impl fmt::Debug for EndpointConfig {
             .field("rng_seed", &self.rng_seed)
             .field("retransmit_base", &self.retransmit_base)
             .field("max_retransmits", &self.max_retransmits)
+            .field("max_half_open", &self.max_half_open)
+            .field("nat_traversal", &self.nat_traversal)
+            .field("nat_t_port", &self.nat_t_port)
+            .field("keepalive_interval", &self.keepalive_interval)
+            .field("dpd_delay", &self.dpd_delay)
+            .field("dpd_timeout", &self.dpd_timeout)
             .finish_non_exhaustive()
     }
 }

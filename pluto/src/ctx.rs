@@ -14,7 +14,8 @@ use crate::config::SpiAllocator;
 use crate::event::{ChildSa, Event, ExchangeId, LogLevel};
 use crate::wire::ProtocolId;
 
-/// A datagram to send.
+/// A datagram to send. `payload` is the exact UDP payload: IKE from the NAT-T port
+/// already carries the non-ESP marker, and a NAT-keepalive is the single byte 0xFF.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transmit {
     pub from: SocketAddrV4,
@@ -28,6 +29,11 @@ pub(crate) struct Settings {
     pub retransmit_base: Duration,
     pub max_retransmits: u32,
     pub max_half_open: usize,
+    pub nat_traversal: bool,
+    pub nat_t_port: u16,
+    pub keepalive_interval: Duration,
+    pub dpd_delay: Option<Duration>,
+    pub dpd_timeout: Duration,
 }
 
 impl Settings {
@@ -35,6 +41,26 @@ impl Settings {
     /// doubling timeouts, plus the final wait.
     pub fn retransmit_window(&self) -> Duration {
         self.retransmit_base * ((1u32 << (self.max_retransmits + 1)) - 1)
+    }
+
+    /// IKE on the NAT-T port travels behind the non-ESP marker (RFC 3948 §2.2).
+    pub fn marks(&self, port: u16) -> bool {
+        port == self.nat_t_port && port != self.ike_port
+    }
+
+    #[cfg(test)]
+    pub fn for_tests() -> Settings {
+        Settings {
+            ike_port: 500,
+            retransmit_base: Duration::from_secs(10),
+            max_retransmits: 3,
+            max_half_open: 1000,
+            nat_traversal: true,
+            nat_t_port: 4500,
+            keepalive_interval: Duration::from_secs(20),
+            dpd_delay: Some(Duration::from_secs(30)),
+            dpd_timeout: Duration::from_secs(120),
+        }
     }
 }
 
@@ -76,6 +102,9 @@ pub(crate) enum Outcome {
     ChildUp {
         child: Box<ChildSa>,
         initiator: bool,
+        /// Set when this end is behind a NAT: the path (local, remote) to keep open with
+        /// NAT-keepalives while the child SA lives.
+        keepalive: Option<(SocketAddrV4, SocketAddrV4)>,
     },
     ChildFailed {
         request: ExchangeId,
@@ -89,6 +118,10 @@ pub(crate) enum Outcome {
         spis: Vec<u32>,
     },
     PeerDeletedPhase1 {
+        sa: u64,
+    },
+    /// Dead Peer Detection gave up on the peer of this ISAKMP SA.
+    PeerDead {
         sa: u64,
     },
 }
@@ -112,7 +145,11 @@ impl Ctx<'_> {
         });
     }
 
-    pub fn send(&mut self, from: SocketAddrV4, to: SocketAddrV4, payload: Vec<u8>) {
+    /// Queues an IKE message; `payload` is the message itself, the marker is added here.
+    pub fn send(&mut self, from: SocketAddrV4, to: SocketAddrV4, mut payload: Vec<u8>) {
+        if self.settings.marks(from.port()) {
+            payload.splice(0..0, crate::natt::NON_ESP_MARKER);
+        }
         self.transmits.push_back(Transmit { from, to, payload });
     }
 

@@ -107,6 +107,8 @@ pub struct Daemon {
     /// Connections with an exchange of ours in flight: one at a time per connection.
     in_flight: HashMap<String, ExchangeId>,
     current: HashMap<String, Current>,
+    /// Inbound SAs a responder handed over ahead of Quick Mode message 3, with their seq.
+    early: HashMap<(String, SpiSet), u32>,
     dynamic_local: Option<Ipv4Addr>,
     next_seq: u32,
     pid: u32,
@@ -177,6 +179,7 @@ fn serve(options: Options, mut log: PlutoLog, secrets: Secrets, udp: HashMap<u16
         acquires: HashMap::new(),
         in_flight: HashMap::new(),
         current: HashMap::new(),
+        early: HashMap::new(),
         dynamic_local: None,
         next_seq: 1,
         pid: std::process::id(),
@@ -485,6 +488,13 @@ impl Daemon {
             self.endpoint.set_local_address(Some(a.addr));
         }
         let local = if bundle.local.is_unspecified() { self.dynamic_local.unwrap_or(bundle.local) } else { bundle.local };
+        if local.is_unspecified() {
+            // Its secret may be filed under 127.0.0.1, which means the address to come: the
+            // plugin sends the bundle again with it at connect.
+            self.log.line(Prefix::Ike, Some(&bundle.name), &format!("bundle from plugin {client} waits for the host's address"));
+            self.bundles.insert(bundle.name.clone(), Registered { bundle, client });
+            return msg.reply();
+        }
         let Some(psk) = self.secrets.find_psk(local, bundle.remote, self.dynamic_local) else {
             self.log.line(
                 Prefix::Err,
@@ -563,7 +573,12 @@ impl Daemon {
 
     // ------------------------------------------------------------ core → world
 
+    /// Events before datagrams: SAs reach the plugin before the Quick Mode message that
+    /// lets the peer use them leaves.
     fn flush_core(&mut self) {
+        while let Some(event) = self.endpoint.poll_event() {
+            self.handle_event(event);
+        }
         while let Some(t) = self.endpoint.poll_transmit() {
             let Some(socket) = self.udp.get(&t.from.port()).cloned() else {
                 self.log.line(Prefix::Err, None, &format!("no socket for UDP port {}", t.from.port()));
@@ -572,9 +587,6 @@ impl Daemon {
             if let Err(e) = send_from(&socket, *t.from.ip(), t.to, &t.payload) {
                 self.log.line(Prefix::Wrn, None, &format!("sending to {} failed: {e}", t.to));
             }
-        }
-        while let Some(event) = self.endpoint.poll_event() {
-            self.handle_event(event);
         }
     }
 
@@ -594,8 +606,26 @@ impl Daemon {
             Event::Phase1Deleted { conn, peer, reason } => {
                 self.log.line(Prefix::Inf, Some(&conn), &format!("ISAKMP SA with {peer} deleted ({reason:?})"))
             }
+            Event::ChildSaInboundReady(child) => {
+                let (Some(client), Some(bundle)) =
+                    (self.owner(&child.conn), self.bundles.get(&child.conn).map(|r| r.bundle.clone()))
+                else {
+                    return;
+                };
+                let seq = self.fresh_seq();
+                self.log.line(
+                    Prefix::Ike,
+                    Some(&child.conn),
+                    &format!("inbound SA to plugin {client} ahead of Quick Mode message 2: {}", child.inbound_spis()),
+                );
+                for msg in link::install_messages(&child, &bundle, link::Directions::Inbound, seq, self.pid) {
+                    self.send(client, &msg);
+                }
+                self.early.insert((child.conn.clone(), child.inbound_spis()), seq);
+            }
             Event::ChildSaEstablished(child) => {
-                let seq = child.exchange.and_then(|id| self.acquires.remove(&id));
+                let early = self.early.remove(&(child.conn.clone(), child.inbound_spis()));
+                let seq = child.exchange.and_then(|id| self.acquires.remove(&id)).or(early);
                 if let Some(id) = child.exchange {
                     if self.in_flight.get(&child.conn) == Some(&id) {
                         self.in_flight.remove(&child.conn);
@@ -620,11 +650,13 @@ impl Daemon {
                     ),
                 );
                 self.current.insert(child.conn.clone(), Current { inbound: child.inbound_spis(), outbound: child.outbound_spis() });
-                for msg in link::install_messages(&child, &bundle, seq, self.pid) {
+                let which = if early.is_some() { link::Directions::Outbound } else { link::Directions::Both };
+                for msg in link::install_messages(&child, &bundle, which, seq, self.pid) {
                     self.send(client, &msg);
                 }
             }
             Event::ChildSaDeleted { conn, peer, inbound, outbound, reason } => {
+                self.early.remove(&(conn.clone(), inbound));
                 if self.current.get(&conn).is_some_and(|c| c.inbound == inbound) {
                     self.current.remove(&conn);
                 }

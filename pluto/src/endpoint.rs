@@ -1,6 +1,10 @@
 //! The daemon's sans-IO core: owns the connections, the ISAKMP SAs with their exchanges,
 //! the child SAs' lifetimes, and the keying requests; datagrams and time go in,
 //! datagrams, a next timeout and events come out (quinn-proto's shape).
+//!
+//! It also owns what spans exchanges: the NAT-T framing of the port 4500 datagrams, an
+//! ISAKMP SA following its peer to a new address (RFC 3947 §4), NAT-keepalives for the
+//! child SAs (RFC 3948 §4), and the removal of a dead peer's SAs (RFC 3706).
 
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -10,14 +14,23 @@ use ipsec_plugin::config::Cidr;
 
 use crate::config::{sequential_spis, Connection, EndpointConfig, SpiAllocator};
 use crate::ctx::{Ctx, EndpointRng, Outcome, Settings, Transmit};
+use crate::dpd;
 use crate::event::{ChildSa, DeleteReason, Event, ExchangeId, LogLevel, SpiSet};
 use crate::informational;
 use crate::main_mode::{IkeSa, MmState};
+use crate::natt::{self, Arrival};
 use crate::quick::{QmState, QuickMode, Responded};
 use crate::wire::{ExchangeType, Header, HeaderRepr, ProtocolId};
 
 /// Quick Mode message IDs remembered per ISAKMP SA (replays of older ones are dropped).
 const REMEMBERED_QUICK_IDS: usize = 256;
+/// Bounds the NAT-T and DPD timers, so that timer arithmetic cannot overflow and a zero
+/// interval cannot spin.
+const TIMER_RANGE: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(86_400));
+
+fn timer(d: Duration) -> Duration {
+    d.clamp(TIMER_RANGE.0, TIMER_RANGE.1)
+}
 
 /// The parts of the endpoint that exchange handlers write to.
 struct Io {
@@ -74,6 +87,8 @@ struct ChildRecord {
     /// A newer bundle for the same traffic exists: nothing is sent on this one any more,
     /// but it is accepted on until it expires.
     superseded: bool,
+    /// This end is behind a NAT: the (local, remote) path NAT-keepalives hold open.
+    keepalive: Option<(SocketAddrV4, SocketAddrV4)>,
 }
 
 pub struct Endpoint {
@@ -84,6 +99,7 @@ pub struct Endpoint {
     children: Vec<ChildRecord>,
     requests: Vec<Request>,
     next_id: u64,
+    next_keepalive: Option<Instant>,
 }
 
 fn selectors_of(c: &ChildSa) -> (Cidr, Cidr, u8, u16, u16) {
@@ -113,6 +129,11 @@ impl Endpoint {
                         .clamp(Duration::from_millis(1), Duration::from_secs(3600)),
                     max_retransmits: config.max_retransmits.min(10),
                     max_half_open: config.max_half_open,
+                    nat_traversal: config.nat_traversal,
+                    nat_t_port: config.nat_t_port,
+                    keepalive_interval: timer(config.keepalive_interval),
+                    dpd_delay: config.dpd_delay.map(timer),
+                    dpd_timeout: timer(config.dpd_timeout),
                 },
                 rng,
                 spis,
@@ -125,6 +146,7 @@ impl Endpoint {
             children: Vec::new(),
             requests: Vec::new(),
             next_id: 1,
+            next_keepalive: None,
         }
     }
 
@@ -205,6 +227,8 @@ impl Endpoint {
         self.process(now, outcomes);
     }
 
+    /// A UDP payload that arrived from `from` at `to`. On the NAT-T port it is IKE only
+    /// behind the non-ESP marker; NAT-keepalives and ESP there are not ours.
     pub fn handle_datagram(
         &mut self,
         now: Instant,
@@ -212,6 +236,21 @@ impl Endpoint {
         to: SocketAddrV4,
         data: &[u8],
     ) {
+        let data = if self.io.settings.marks(to.port()) {
+            match natt::classify(data) {
+                Arrival::Ike(ike) => ike,
+                Arrival::Keepalive => return,
+                Arrival::Esp => {
+                    return self.io.log(
+                        LogLevel::Debug,
+                        None,
+                        format!("ignoring {} bytes of ESP from {from} to {to}", data.len()),
+                    )
+                }
+            }
+        } else {
+            data
+        };
         let parsed = Header::new_checked(data).and_then(|h| Ok((HeaderRepr::parse(&h)?, h)));
         let (repr, header) = match parsed {
             Ok(v) => v,
@@ -232,12 +271,15 @@ impl Endpoint {
                 self.on_main_mode(now, from, to, &repr, datagram, body, &mut outcomes)
             }
             ExchangeType::QuickMode => {
-                self.on_quick_mode(now, from, &repr, datagram, body, &mut outcomes)
+                self.on_quick_mode(now, from, to, &repr, datagram, body, &mut outcomes)
             }
             ExchangeType::Informational => {
-                if let Some(i) = self.find_sa(&repr, from) {
+                if let Some(i) = self.find_sa(&repr, from, to) {
+                    let prior = self.arrive(i, from, to);
                     let mut ctx = self.io.ctx(now, &mut outcomes);
-                    informational::handle(&mut ctx, &mut self.ike_sas[i], &repr, body);
+                    let authentic =
+                        informational::handle(&mut ctx, &mut self.ike_sas[i], &repr, body);
+                    self.settle(now, i, prior, authentic);
                 }
             }
             other => self.io.log(
@@ -269,6 +311,8 @@ impl Endpoint {
                         peer: *sa.p1.remote.ip(),
                         reason: DeleteReason::Expired,
                     });
+                } else {
+                    dpd::on_timeout(&mut ctx, &mut sa.p1);
                 }
                 for qm in &mut sa.quick {
                     qm.on_timeout(&mut ctx, &sa.p1);
@@ -279,6 +323,7 @@ impl Endpoint {
             }
         }
         self.expire_children(now);
+        self.send_keepalives(now);
         let rekeys: Vec<String> = self
             .children
             .iter_mut()
@@ -319,8 +364,14 @@ impl Endpoint {
 
     pub fn poll_timeout(&self) -> Option<Instant> {
         let linger = self.io.settings.retransmit_window() + self.io.settings.retransmit_base;
-        let sas = self.ike_sas.iter().flat_map(|sa| {
-            let own = [sa.p1.flight.deadline(), sa.p1.expires_at];
+        let settings = &self.io.settings;
+        let sas = self.ike_sas.iter().flat_map(move |sa| {
+            let dpd = sa
+                .p1
+                .dpd
+                .deadline(settings)
+                .filter(|_| sa.p1.is_established());
+            let own = [sa.p1.flight.deadline(), sa.p1.expires_at, dpd];
             let quick = sa
                 .quick
                 .iter()
@@ -332,15 +383,28 @@ impl Endpoint {
             .iter()
             .flat_map(|c| [c.rekey_at, Some(c.expires_at)]);
         let requests = self.requests.iter().map(|r| r.retry_at);
-        sas.chain(children).chain(requests).flatten().min()
+        let keepalive = self
+            .next_keepalive
+            .filter(|_| self.children.iter().any(|c| c.keepalive.is_some()));
+        sas.chain(children)
+            .chain(requests)
+            .chain([keepalive])
+            .flatten()
+            .min()
     }
 
     // ------------------------------------------------------------ dispatch
 
     /// The ISAKMP SA a message belongs to: by both cookies, or, for the responder's first
-    /// answer (which brings its cookie), by ours alone.
-    fn find_sa(&self, h: &HeaderRepr, from: SocketAddrV4) -> Option<usize> {
-        let live = |sa: &IkeSa| sa.p1.state != MmState::Dead && sa.p1.remote.ip() == from.ip();
+    /// answer (which brings its cookie), by ours alone. On the NAT-T port the peer's
+    /// address may have changed under a NAT; the cookies decide, and the message must
+    /// then authenticate before the SA follows it (`settle`).
+    fn find_sa(&self, h: &HeaderRepr, from: SocketAddrV4, to: SocketAddrV4) -> Option<usize> {
+        let may_move = self.io.settings.marks(to.port());
+        let live = |sa: &IkeSa| {
+            sa.p1.state != MmState::Dead
+                && (sa.p1.remote.ip() == from.ip() || (may_move && sa.p1.nat.vid.is_some()))
+        };
         self.ike_sas
             .iter()
             .position(|sa| {
@@ -376,11 +440,14 @@ impl Endpoint {
                     && sa.p1.remote == from
             })
         } else {
-            self.find_sa(h, from)
+            self.find_sa(h, from, to)
         };
         if let Some(i) = existing {
+            let prior = self.arrive(i, from, to);
             let mut ctx = self.io.ctx(now, outcomes);
-            self.ike_sas[i].handle_main_mode(&mut ctx, h, datagram, body);
+            let authentic =
+                self.ike_sas[i].handle_main_mode(&mut ctx, h, datagram, body, (to, from));
+            self.settle(now, i, prior, authentic);
             return;
         }
         if h.responder_cookie != [0; 8] {
@@ -443,17 +510,19 @@ impl Endpoint {
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn on_quick_mode(
         &mut self,
         now: Instant,
         from: SocketAddrV4,
+        to: SocketAddrV4,
         h: &HeaderRepr,
         datagram: &[u8],
         body: &[u8],
         outcomes: &mut Vec<Outcome>,
     ) {
         let Some(i) = self
-            .find_sa(h, from)
+            .find_sa(h, from, to)
             .filter(|&i| self.ike_sas[i].p1.is_established())
         else {
             self.io.log(
@@ -463,16 +532,19 @@ impl Endpoint {
             );
             return;
         };
+        let prior = self.arrive(i, from, to);
         let mut ctx = self.io.ctx(now, outcomes);
         let sa = &mut self.ike_sas[i];
-        if let Some(qm) = sa.quick.iter_mut().find(|q| q.message_id == h.message_id) {
-            qm.handle(&mut ctx, &sa.p1, h, datagram, body);
+        let authentic = if let Some(qm) = sa.quick.iter_mut().find(|q| q.message_id == h.message_id)
+        {
+            qm.handle(&mut ctx, &sa.p1, h, datagram, body)
         } else if sa.p1.quick_ids.contains(&h.message_id) {
             ctx.log(
                 LogLevel::Debug,
                 Some(sa.p1.name()),
                 format!("old Quick Mode {:#010x} from {from}", h.message_id),
             );
+            false
         } else {
             // Only an authentic message 1 takes its message ID: a forged one must not
             // keep the genuine one out.
@@ -480,11 +552,106 @@ impl Endpoint {
                 Responded::Started(qm) => {
                     remember(&mut sa.p1.quick_ids, h.message_id);
                     sa.quick.push(*qm);
+                    true
                 }
-                Responded::Refused => remember(&mut sa.p1.quick_ids, h.message_id),
-                Responded::Ignored => {}
+                Responded::Refused => {
+                    remember(&mut sa.p1.quick_ids, h.message_id);
+                    true
+                }
+                Responded::Ignored => false,
+            }
+        };
+        self.settle(now, i, prior, authentic);
+    }
+
+    // ------------------------------------------------------------ NAT-T paths
+
+    /// Before a message for ISAKMP SA `i` is handled: when the SA may float (both ends
+    /// speak NAT-T, the message came on the NAT-T port), answers go back the way it
+    /// came. Returns the path to restore should the message not authenticate.
+    fn arrive(
+        &mut self,
+        i: usize,
+        from: SocketAddrV4,
+        to: SocketAddrV4,
+    ) -> Option<(SocketAddrV4, SocketAddrV4)> {
+        let p1 = &mut self.ike_sas[i].p1;
+        let path = (p1.local, p1.remote);
+        let floats =
+            p1.nat.vid.is_some() && self.io.settings.marks(to.port()) && path != (to, from);
+        floats.then(|| {
+            (p1.local, p1.remote) = (to, from);
+            path
+        })
+    }
+
+    /// After the message: an authentic one keeps the SA on its path (the peer floated,
+    /// or its NAT mapping changed) and proves the peer alive; anything else leaves the SA
+    /// where it was.
+    fn settle(
+        &mut self,
+        now: Instant,
+        i: usize,
+        prior: Option<(SocketAddrV4, SocketAddrV4)>,
+        authentic: bool,
+    ) {
+        let Some(sa) = self.ike_sas.get_mut(i) else {
+            return;
+        };
+        let Some((old_local, old_remote)) = prior else {
+            if authentic {
+                sa.p1.dpd.heard(now, &self.io.settings);
+            }
+            return;
+        };
+        if !authentic {
+            (sa.p1.local, sa.p1.remote) = (old_local, old_remote);
+            return;
+        }
+        sa.p1.dpd.heard(now, &self.io.settings);
+        let (local, remote) = (sa.p1.local, sa.p1.remote);
+        sa.p1.flight.reroute(local, remote);
+        for qm in &mut sa.quick {
+            qm.flight.reroute(local, remote);
+        }
+        let conn = sa.p1.conn.name.clone();
+        for c in self
+            .children
+            .iter_mut()
+            .filter(|c| c.peer == *old_remote.ip())
+        {
+            c.peer = *remote.ip();
+            if let Some((_, to)) = &mut c.keepalive {
+                *to = remote;
             }
         }
+        self.io.log(
+            LogLevel::Info,
+            Some(&conn),
+            format!("NAT-T: {old_remote} now at {remote}, talking from {local}"),
+        );
+    }
+
+    /// NAT-keepalives (a single 0xFF, RFC 3948 §2.3) on every path a child SA needs open.
+    fn send_keepalives(&mut self, now: Instant) {
+        if self.next_keepalive.is_none_or(|t| t > now) {
+            return;
+        }
+        let mut paths: Vec<(SocketAddrV4, SocketAddrV4)> = Vec::new();
+        for path in self.children.iter().filter_map(|c| c.keepalive) {
+            if !paths.contains(&path) {
+                paths.push(path);
+            }
+        }
+        for &(from, to) in &paths {
+            self.io.transmits.push_back(Transmit {
+                from,
+                to,
+                payload: natt::KEEPALIVE.to_vec(),
+            });
+        }
+        self.next_keepalive =
+            (!paths.is_empty()).then(|| now + self.io.settings.keepalive_interval);
     }
 
     // ------------------------------------------------------------ requests
@@ -674,9 +841,11 @@ impl Endpoint {
                         self.request_failed(now, id, reason.clone(), retryable);
                     }
                 }
-                Outcome::ChildUp { child, initiator } => {
-                    self.child_established(now, *child, initiator)
-                }
+                Outcome::ChildUp {
+                    child,
+                    initiator,
+                    keepalive,
+                } => self.child_established(now, *child, initiator, keepalive),
                 Outcome::ChildFailed {
                     request,
                     reason,
@@ -726,6 +895,7 @@ impl Endpoint {
                         });
                     }
                 }
+                Outcome::PeerDead { sa } => self.peer_dead(sa),
             }
             queue.extend(more);
         }
@@ -750,7 +920,46 @@ impl Endpoint {
         }
     }
 
-    fn child_established(&mut self, now: Instant, mut child: ChildSa, initiator: bool) {
+    /// DPD gave up: the ISAKMP SA and every child SA with the peer go, here and in the
+    /// plugin, so that new traffic asks for fresh keys. Nothing restarts on its own.
+    fn peer_dead(&mut self, sa: u64) {
+        let Some(s) = self.ike_sas.iter_mut().find(|s| s.p1.id == sa) else {
+            return;
+        };
+        s.p1.state = MmState::Dead;
+        let (conn, peer) = (s.p1.conn.name.clone(), *s.p1.remote.ip());
+        self.io.event(Event::Phase1Deleted {
+            conn,
+            peer,
+            reason: DeleteReason::PeerDead,
+        });
+        let (gone, kept): (Vec<ChildRecord>, Vec<ChildRecord>) = std::mem::take(&mut self.children)
+            .into_iter()
+            .partition(|c| c.peer == peer);
+        self.children = kept;
+        for c in gone {
+            self.io.log(
+                LogLevel::Info,
+                Some(&c.conn),
+                format!("deleting IPsec SA {}: {peer} is dead", c.inbound),
+            );
+            self.io.event(Event::ChildSaDeleted {
+                conn: c.conn,
+                peer,
+                inbound: c.inbound,
+                outbound: c.outbound,
+                reason: DeleteReason::PeerDead,
+            });
+        }
+    }
+
+    fn child_established(
+        &mut self,
+        now: Instant,
+        mut child: ChildSa,
+        initiator: bool,
+        keepalive: Option<(SocketAddrV4, SocketAddrV4)>,
+    ) {
         let selectors = selectors_of(&child);
         if let Some(old) = self.children.iter_mut().find(|c| {
             c.conn == child.conn
@@ -794,7 +1003,11 @@ impl Endpoint {
             rekey_at,
             expires_at: now + lifetime,
             superseded: false,
+            keepalive,
         });
+        if keepalive.is_some() && self.next_keepalive.is_none_or(|t| t <= now) {
+            self.next_keepalive = Some(now + self.io.settings.keepalive_interval);
+        }
         self.io.event(Event::ChildSaEstablished(Box::new(child)));
     }
 
@@ -854,5 +1067,25 @@ fn send_child_delete(ctx: &mut Ctx<'_>, sa: &IkeSa, inbound: &SpiSet) {
             ProtocolId::Ah,
             vec![spi.to_be_bytes().to_vec()],
         );
+    }
+}
+
+/// CKY-I, CKY-R, the keys, and the last phase 1 CBC block (from which the IVs of
+/// Quick Mode and Informational exchanges derive).
+#[cfg(test)]
+pub(crate) type Phase1Secrets = ([u8; 8], [u8; 8], crate::crypto::Phase1Keys, Vec<u8>);
+
+#[cfg(test)]
+impl Endpoint {
+    /// For tests that open or forge encrypted messages: per established ISAKMP SA.
+    pub(crate) fn phase1_secrets(&self) -> Vec<Phase1Secrets> {
+        self.ike_sas
+            .iter()
+            .filter(|sa| sa.p1.is_established())
+            .filter_map(|sa| {
+                let keys = sa.p1.keys.clone()?;
+                Some((sa.p1.cky_i, sa.p1.cky_r, keys, sa.p1.iv.clone()))
+            })
+            .collect()
     }
 }

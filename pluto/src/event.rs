@@ -8,6 +8,7 @@
 //! - [`Event::ChildSaDeleted`]: DELETE both directions of the named SAs: the old inbound
 //!   SAs of a rekeyed bundle reach this at their hard expiry, others when the peer or we
 //!   delete them.
+//!   With `udp_encap` set, ESP travels in UDP between those ports (RFC 3948).
 //! - [`Event::Failed`]: keying failed (the plugin drops the packets it held for the bundle
 //!   unless `retrying`).
 
@@ -49,6 +50,15 @@ impl fmt::Display for SpiSet {
     }
 }
 
+/// UDP encapsulation of ESP (RFC 3948), negotiated because a NAT lies between the peers
+/// (or the peer pretends one does). The ports are those IKE floated to: normally 4500 at
+/// both ends, or the port a NAT mapped the peer's 4500 to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UdpEncap {
+    pub local_port: u16,
+    pub remote_port: u16,
+}
+
 /// A negotiated IPsec SA bundle with its keys in both directions.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChildSa {
@@ -56,8 +66,11 @@ pub struct ChildSa {
     /// Set when this end initiated the Quick Mode.
     pub exchange: Option<ExchangeId>,
     pub local: Ipv4Addr,
+    /// The peer's address as seen here, after any NAT.
     pub remote: Ipv4Addr,
     pub mode: Mode,
+    /// Some when ESP must be UDP-encapsulated: a NAT was detected at either end.
+    pub udp_encap: Option<UdpEncap>,
     /// The traffic selectors as negotiated (IDci/IDcr, or the endpoints when absent).
     pub local_selector: Cidr,
     pub remote_selector: Cidr,
@@ -74,15 +87,6 @@ pub struct ChildSa {
     pub pfs: bool,
     /// The inbound SPIs of the bundle this one supersedes (a rekey).
     pub replaces: Option<SpiSet>,
-    /// Set when NAT traversal is in use: ESP goes in UDP (RFC 3948) between these ports.
-    pub udp_encap: Option<UdpEncap>,
-}
-
-/// The UDP ports of ESP-in-UDP: ours, and the peer's as we see it (a NAT may map it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct UdpEncap {
-    pub local_port: u16,
-    pub remote_port: u16,
 }
 
 impl ChildSa {
@@ -119,6 +123,8 @@ pub enum DeleteReason {
     Expired,
     /// `Endpoint::delete` asked for it.
     Local,
+    /// Dead Peer Detection (RFC 3706): the peer stopped answering R-U-THERE.
+    PeerDead,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,6 +137,12 @@ pub enum Event {
         lifetime: Duration,
         initiator: bool,
     },
+    /// Responder only: message 2 of a Quick Mode is about to leave, so the inbound SAs can
+    /// be installed now (Pluto does the same): the initiator may send on the new SAs as soon
+    /// as it has message 2, before message 3 reaches us. [`Event::ChildSaEstablished`]
+    /// with the same SAs follows when message 3 confirms them; if it never comes,
+    /// [`Event::ChildSaDeleted`] names these inbound SAs (and no outbound ones).
+    ChildSaInboundReady(Box<ChildSa>),
     ChildSaEstablished(Box<ChildSa>),
     /// Both directions of a child SA bundle are gone; the plugin removes them.
     ChildSaDeleted {
@@ -140,7 +152,8 @@ pub enum Event {
         outbound: SpiSet,
         reason: DeleteReason,
     },
-    /// The ISAKMP SA is gone (its child SAs stay until their own lifetimes end).
+    /// The ISAKMP SA is gone. Its child SAs stay until their own lifetimes end, except
+    /// when the peer is dead: then each gets its own `ChildSaDeleted` as well.
     Phase1Deleted {
         conn: String,
         peer: Ipv4Addr,

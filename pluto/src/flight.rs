@@ -78,6 +78,13 @@ impl Flight {
         }
     }
 
+    /// The peer moved (a NAT-T float or a new NAT mapping): retransmissions follow it.
+    pub fn reroute(&mut self, from: SocketAddrV4, to: SocketAddrV4) {
+        if self.route.is_some() {
+            self.route = Some((from, to));
+        }
+    }
+
     /// The reply came: no more retransmissions.
     pub fn stop(&mut self) {
         self.deadline = None;

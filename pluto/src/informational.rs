@@ -2,12 +2,14 @@
 //! by HASH(1) = prf(SKEYID_a, M-ID | N/D) once the ISAKMP SA exists, in the clear before.
 //!
 //! Each message gets its own IV from the last phase 1 CBC block and its message ID, so
-//! informational traffic never disturbs Quick Mode's IV chains.
+//! informational traffic never disturbs Quick Mode's IV chains. Dead Peer Detection's
+//! R-U-THERE and its ACK travel here too (dpd.rs).
 
 use subtle::ConstantTimeEq;
 
 use crate::crypto::{phase1, phase2};
 use crate::ctx::{Ctx, Outcome};
+use crate::dpd;
 use crate::event::LogLevel;
 use crate::main_mode::IkeSa;
 use crate::message;
@@ -48,13 +50,14 @@ pub(crate) fn send_notify(
     kind: NotifyType,
     protocol: ProtocolId,
     spi: Vec<u8>,
+    data: Vec<u8>,
 ) {
     let n = NotifyRepr {
         doi: DOI_IPSEC,
         protocol,
         kind,
         spi,
-        data: Vec::new(),
+        data,
     };
     send(ctx, p1, &[(PayloadType::Notification, &n.to_bytes())]);
 }
@@ -79,8 +82,9 @@ pub(crate) fn send_delete(
     send(ctx, p1, &[(PayloadType::Delete, &d.to_bytes())]);
 }
 
-/// An Informational message for this ISAKMP SA.
-pub(crate) fn handle(ctx: &mut Ctx<'_>, sa: &mut IkeSa, header: &HeaderRepr, body: &[u8]) {
+/// An Informational message for this ISAKMP SA. True when it was authentic (HASH(1)
+/// verified, message ID new), whatever it said.
+pub(crate) fn handle(ctx: &mut Ctx<'_>, sa: &mut IkeSa, header: &HeaderRepr, body: &[u8]) -> bool {
     let p1 = &mut sa.p1;
     let (Some(keys), true) = (&p1.keys, p1.is_established() && header.flags.encrypted()) else {
         // Before the ISAKMP SA exists, only plain notifications make sense.
@@ -102,7 +106,7 @@ pub(crate) fn handle(ctx: &mut Ctx<'_>, sa: &mut IkeSa, header: &HeaderRepr, bod
                 format!("malformed Informational from {}: {e}", p1.remote),
             ),
         }
-        return;
+        return false;
     };
     let mid = header.message_id;
     let peer = p1.remote;
@@ -114,19 +118,27 @@ pub(crate) fn handle(ctx: &mut Ctx<'_>, sa: &mut IkeSa, header: &HeaderRepr, bod
         );
     };
     if p1.seen_info_ids.contains(&mid) {
-        return warn(ctx, p1, "replayed message ID".into());
+        warn(ctx, p1, "replayed message ID".into());
+        return false;
     }
     let iv = phase1::exchange_iv(keys.hash, keys.cipher, &p1.iv, mid);
     let plain = match message::decrypt(keys, &iv, body) {
         Ok((plain, _)) => plain,
-        Err(e) => return warn(ctx, p1, e),
+        Err(e) => {
+            warn(ctx, p1, e);
+            return false;
+        }
     };
     let opened = match message::open_hashed(header.next_payload, &plain) {
         Ok(o) => o,
-        Err(e) => return warn(ctx, p1, e),
+        Err(e) => {
+            warn(ctx, p1, e);
+            return false;
+        }
     };
     if !bool::from(phase2::informational_hash(keys, mid, opened.rest).ct_eq(opened.hash)) {
-        return warn(ctx, p1, "HASH(1) mismatch".into());
+        warn(ctx, p1, "HASH(1) mismatch".into());
+        return false;
     }
     if p1.seen_info_ids.len() >= REMEMBERED_IDS {
         p1.seen_info_ids.remove(0);
@@ -150,7 +162,10 @@ pub(crate) fn handle(ctx: &mut Ctx<'_>, sa: &mut IkeSa, header: &HeaderRepr, bod
                     for qm in sa.quick.iter_mut().filter(|q| q.state == QmState::I1) {
                         qm.on_peer_error(ctx, *peer.ip(), n.kind);
                     }
-                    return;
+                    return true;
+                }
+                Ok(n) if matches!(n.kind, NotifyType::RUThere | NotifyType::RUThereAck) => {
+                    dpd::on_notify(ctx, p1, &n)
                 }
                 Ok(n) => ctx.log(
                     LogLevel::Info,
@@ -162,6 +177,7 @@ pub(crate) fn handle(ctx: &mut Ctx<'_>, sa: &mut IkeSa, header: &HeaderRepr, bod
             other => warn(ctx, p1, format!("unexpected {other:?} payload")),
         }
     }
+    true
 }
 
 fn on_delete(ctx: &mut Ctx<'_>, p1: &Phase1, d: &DeleteRepr) {

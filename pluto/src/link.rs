@@ -41,11 +41,21 @@ pub fn soft_lifetime_secs(lifetime_secs: u64, rekeymargin_secs: u64) -> u64 {
     lifetime_secs.saturating_sub(rekeymargin_secs / 4).max(1)
 }
 
+/// Which directions of a child SA bundle to install.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Directions {
+    Both,
+    /// A responder's inbound SAs, ahead of Quick Mode message 2.
+    Inbound,
+    /// The rest once message 3 has come.
+    Outbound,
+}
+
 /// GETSPI, UPDATE and ADD messages that install `child` in the plugin, in the order the
 /// link requires: every inbound SA (reserved, then completed) before any outbound one, and
 /// within a direction IPComp before AH before ESP (the plugin switches a direction over
 /// once its last mandatory SA arrives).
-pub fn install_messages(child: &ChildSa, bundle: &Bundle, seq: u32, pid: u32) -> Vec<Message> {
+pub fn install_messages(child: &ChildSa, bundle: &Bundle, which: Directions, seq: u32, pid: u32) -> Vec<Message> {
     let mut out = Vec::new();
     let rekeymargin = match &bundle.keying {
         ipsec_plugin::config::Keying::Ike(ike) => ike.rekeymargin_secs,
@@ -61,6 +71,14 @@ pub fn install_messages(child: &ChildSa, bundle: &Bundle, seq: u32, pid: u32) ->
         flags |= SA_FLAG_UDP_ENCAP;
     }
     for (inbound, keys) in [(true, &child.keys.inbound), (false, &child.keys.outbound)] {
+        let wanted = match which {
+            Directions::Both => true,
+            Directions::Inbound => inbound,
+            Directions::Outbound => !inbound,
+        };
+        if !wanted {
+            continue;
+        }
         for sa in direction_sas(child, keys, bundle.replay_window, flags, inbound) {
             let e = ends(child, inbound);
             if inbound {
@@ -208,7 +226,7 @@ mod tests {
 
     #[test]
     fn install_reserves_then_completes_inbound_before_outbound() {
-        let msgs = install_messages(&child(None), &bundle(), 7, 99);
+        let msgs = install_messages(&child(None), &bundle(), Directions::Both, 7, 99);
         let kinds: Vec<(MsgType, SaType)> = msgs.iter().map(|m| (m.header.msg_type, m.header.sa_type)).collect();
         use MsgType::*;
         use SaType::*;
@@ -239,13 +257,24 @@ mod tests {
     #[test]
     fn udp_encapsulation_rides_on_esp_with_the_ports() {
         let encap = UdpEncap { local_port: 4500, remote_port: 31001 };
-        let msgs = install_messages(&child(Some(encap)), &bundle(), 1, 1);
+        let msgs = install_messages(&child(Some(encap)), &bundle(), Directions::Both, 1, 1);
         let esp_in = msgs.iter().find(|m| m.header.msg_type == MsgType::Update && m.header.sa_type == SaType::Esp).unwrap();
         assert_eq!(esp_in.ext.sa.unwrap().flags & SA_FLAG_UDP_ENCAP, SA_FLAG_UDP_ENCAP);
         assert_eq!(esp_in.ext.address_src.unwrap().port, 31001);
         assert_eq!(esp_in.ext.address_dst.unwrap().port, 4500);
         let comp = msgs.iter().find(|m| m.header.sa_type == SaType::IpComp && m.ext.sa.is_some()).unwrap();
         assert_eq!(comp.ext.sa.unwrap().flags & SA_FLAG_UDP_ENCAP, 0);
+    }
+
+    #[test]
+    fn a_responder_installs_inbound_first_then_outbound() {
+        let (c, b) = (child(None), bundle());
+        let early = install_messages(&c, &b, Directions::Inbound, 3, 1);
+        let late = install_messages(&c, &b, Directions::Outbound, 3, 1);
+        let both = install_messages(&c, &b, Directions::Both, 3, 1);
+        assert!(early.iter().all(|m| m.header.msg_type != MsgType::Add));
+        assert!(late.iter().all(|m| m.header.msg_type == MsgType::Add));
+        assert_eq!(early.len() + late.len(), both.len());
     }
 
     #[test]

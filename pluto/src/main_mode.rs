@@ -13,6 +13,9 @@
 //! The pre-shared key is chosen by the peer's address before message 5 (which it
 //! encrypts), so the identities must be the addresses (ID_IPV4_ADDR). A wrong key shows
 //! as a message 5 that does not decrypt to valid payloads, or a HASH mismatch.
+//!
+//! Messages 1 and 2 also carry vendor IDs (NAT-T versions, DPD), messages 3 and 4 the
+//! NAT-D payloads when both ends speak NAT-T; natt.rs says what follows from them.
 
 use std::net::SocketAddrV4;
 use std::time::{Duration, Instant};
@@ -23,9 +26,11 @@ use subtle::ConstantTimeEq;
 use crate::config::Connection;
 use crate::crypto::{dh, phase1, DhPrivate, Phase1Input, Phase1Keys};
 use crate::ctx::{Ctx, Outcome};
+use crate::dpd::{self, Dpd};
 use crate::event::{Event, ExchangeId, LogLevel};
 use crate::flight::Flight;
 use crate::message;
+use crate::natt::{self, NatT, NattVid};
 use crate::proposal::{check_phase1_reply, choose_phase1, phase1_offer};
 use crate::quick::QuickMode;
 use crate::wire::{
@@ -90,6 +95,8 @@ pub(crate) struct Phase1 {
     /// Message IDs of Quick Modes, old ones included, so a replayed message 1 does not
     /// start a new exchange.
     pub quick_ids: Vec<u32>,
+    pub nat: NatT,
+    pub dpd: Dpd,
 }
 
 pub(crate) struct IkeSa {
@@ -175,6 +182,16 @@ impl Phase1 {
         self.expires_at = Some(ctx.now + Duration::from_secs(self.lifetime));
         // The DH private value has done its job.
         self.dh = None;
+        // A random start with room to grow, as Pluto picks it.
+        let first_seq = ctx.random_below(0x7fff) as u32 + 1;
+        self.dpd.start(ctx.now, ctx.settings, first_seq);
+        if self.dpd.is_probing() {
+            ctx.log(
+                LogLevel::Debug,
+                Some(&self.conn.name),
+                format!("DPD: probing {} when it falls silent", self.remote),
+            );
+        }
         if let Some(suite) = self.suite {
             ctx.events.push_back(Event::Phase1Established {
                 conn: self.conn.name.clone(),
@@ -239,10 +256,9 @@ impl IkeSa {
         let mut p1 = Phase1::new(id, conn, true, local, remote, ctx.cookie(), [0; 8]);
         p1.sai_b = offer.to_bytes();
         p1.pending = pending;
-        let bytes = message::plain(
-            &p1.header(ExchangeType::IdentityProtection, 0),
-            &[(PayloadType::Sa, &p1.sai_b)],
-        );
+        let mut payloads = vec![(PayloadType::Sa, &p1.sai_b[..])];
+        payloads.extend(p1.vendor_ids(ctx));
+        let bytes = message::plain(&p1.header(ExchangeType::IdentityProtection, 0), &payloads);
         p1.flight.send(ctx, local, remote, bytes, true);
         p1.state = MmState::I1;
         ctx.log(
@@ -278,8 +294,10 @@ impl IkeSa {
             header.initiator_cookie,
             [0; 8],
         );
-        let offer = parse_chain(header.next_payload, body)
-            .map_err(|e| e.to_string())
+        let chain = parse_chain(header.next_payload, body).map_err(|e| e.to_string());
+        let offer = chain
+            .as_ref()
+            .map_err(Clone::clone)
             .and_then(|c| {
                 c.find(PayloadType::Sa)
                     .map(|p| p.body)
@@ -323,10 +341,13 @@ impl IkeSa {
         p1.sai_b = sai_b;
         p1.suite = Some(choice.suite);
         p1.lifetime = choice.lifetime;
-        let bytes = message::plain(
-            &p1.header(ExchangeType::IdentityProtection, 0),
-            &[(PayloadType::Sa, &choice.reply.to_bytes())],
-        );
+        if let Ok(chain) = &chain {
+            p1.note_vendor_ids(ctx, chain);
+        }
+        let sa = choice.reply.to_bytes();
+        let mut payloads = vec![(PayloadType::Sa, &sa[..])];
+        payloads.extend(p1.vendor_ids(ctx));
+        let bytes = message::plain(&p1.header(ExchangeType::IdentityProtection, 0), &payloads);
         p1.flight.send(ctx, local, remote, bytes, true);
         p1.flight.received(datagram, 0);
         p1.state = MmState::R1;
@@ -344,23 +365,25 @@ impl IkeSa {
         })
     }
 
-    /// A Main Mode message for this SA. `body` is the part after the header.
+    /// A Main Mode message for this SA, which came from `from` to `to`. `body` is the
+    /// part after the header. True when it authenticated the peer (message 5 or 6).
     pub fn handle_main_mode(
         &mut self,
         ctx: &mut Ctx<'_>,
         header: &HeaderRepr,
         datagram: &[u8],
         body: &[u8],
-    ) {
+        (to, from): (SocketAddrV4, SocketAddrV4),
+    ) -> bool {
         let p1 = &mut self.p1;
         if p1.flight.on_repeat(ctx, datagram) {
-            return;
+            return false;
         }
         let generation = p1.flight.generation();
         let result = match p1.state {
             MmState::I1 => p1.on_message_2(ctx, header, body),
-            MmState::R1 => p1.on_message_3(ctx, header, body),
-            MmState::I2 => p1.on_message_4(ctx, header, body),
+            MmState::R1 => p1.on_message_3(ctx, header, body, (to, from)),
+            MmState::I2 => p1.on_message_4(ctx, header, body, (to, from)),
             MmState::R2 => p1.on_message_5(ctx, header, body),
             MmState::I3 => p1.on_message_6(ctx, header, body),
             MmState::Established | MmState::Dead => {
@@ -368,12 +391,18 @@ impl IkeSa {
             }
         };
         match result {
-            Ok(()) => p1.flight.received(datagram, generation),
-            Err(Ignore(why)) => ctx.log(
-                LogLevel::Debug,
-                Some(p1.name()),
-                format!("ignoring Main Mode message from {}: {why}", p1.remote),
-            ),
+            Ok(()) => {
+                p1.flight.received(datagram, generation);
+                p1.is_established()
+            }
+            Err(Ignore(why)) => {
+                ctx.log(
+                    LogLevel::Debug,
+                    Some(p1.name()),
+                    format!("ignoring Main Mode message from {}: {why}", p1.remote),
+                );
+                false
+            }
         }
     }
 }
@@ -423,6 +452,8 @@ impl Phase1 {
             auth_failure_reported: false,
             seen_info_ids: Vec::new(),
             quick_ids: Vec::new(),
+            nat: NatT::default(),
+            dpd: Dpd::default(),
         }
     }
 
@@ -435,21 +466,120 @@ impl Phase1 {
         Ok(parse_chain(header.next_payload, body).map_err(|e| e.to_string())?)
     }
 
-    /// Sends message 3 or 4: our KE and `nonce`.
+    /// Sends message 3 or 4: our KE and `nonce`, and the NAT-D payloads when both ends
+    /// speak NAT-T.
     fn send_ke_nonce(&mut self, ctx: &mut Ctx<'_>, nonce: &[u8]) {
         let public = self
             .dh
             .as_ref()
             .map(|d| d.public_value().to_vec())
             .unwrap_or_default();
-        let bytes = message::plain(
-            &self.header(ExchangeType::IdentityProtection, 0),
-            &[
-                (PayloadType::KeyExchange, &public),
-                (PayloadType::Nonce, nonce),
-            ],
-        );
+        let nat_d = match (self.nat.dialect(), self.suite) {
+            (Some(d), Some(suite)) => {
+                let bodies = natt::nat_d_bodies(
+                    suite.hash,
+                    &self.cky_i,
+                    &self.cky_r,
+                    self.local,
+                    self.remote,
+                );
+                Some((d.nat_d(), bodies))
+            }
+            _ => None,
+        };
+        let mut payloads = vec![
+            (PayloadType::KeyExchange, &public[..]),
+            (PayloadType::Nonce, nonce),
+        ];
+        if let Some((kind, bodies)) = &nat_d {
+            payloads.extend(bodies.iter().map(|b| (*kind, &b[..])));
+        }
+        let bytes = message::plain(&self.header(ExchangeType::IdentityProtection, 0), &payloads);
         self.flight.send(ctx, self.local, self.remote, bytes, true);
+    }
+
+    /// Our vendor IDs for message 1 or 2: DPD always, NAT-T when enabled; a responder
+    /// names only the NAT-T version it picked from the initiator's (as charon and Pluto
+    /// do), so both ends agree on the numbers.
+    fn vendor_ids(&self, ctx: &Ctx<'_>) -> Vec<(PayloadType, &'static [u8])> {
+        let natt: Vec<NattVid> = match (self.initiator, ctx.settings.nat_traversal) {
+            (_, false) => Vec::new(),
+            (true, true) => NattVid::OFFERED.to_vec(),
+            (false, true) => self.nat.vid.into_iter().collect(),
+        };
+        natt.into_iter()
+            .map(|v| &v.bytes()[..])
+            .chain([&dpd::VENDOR_ID[..]])
+            .map(|v| (PayloadType::VendorId, v))
+            .collect()
+    }
+
+    /// The peer's vendor IDs in message 1 or 2; unknown ones are only logged.
+    fn note_vendor_ids(&mut self, ctx: &mut Ctx<'_>, chain: &Chain<'_>) {
+        for p in chain
+            .payloads
+            .iter()
+            .filter(|p| p.kind == PayloadType::VendorId)
+        {
+            if let Some(v) = NattVid::from_bytes(p.body) {
+                if ctx.settings.nat_traversal {
+                    self.nat.note_vendor_id(v);
+                }
+            } else if dpd::is_vendor_id(p.body) {
+                self.dpd.peer_supports = true;
+            } else {
+                let hex: String = p.body.iter().map(|b| format!("{b:02x}")).collect();
+                ctx.log(
+                    LogLevel::Debug,
+                    Some(self.name()),
+                    format!("{} sent unknown vendor ID {hex}", self.remote),
+                );
+            }
+        }
+    }
+
+    /// Reads the peer's NAT-D payloads in message 3 or 4, which came from `from` to `to`.
+    /// Malformed ones are ignored (logged): Main Mode goes on as if no NAT were there.
+    fn detect_nat(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        chain: &Chain<'_>,
+        to: SocketAddrV4,
+        from: SocketAddrV4,
+    ) {
+        let (Some(_), Some(suite)) = (self.nat.vid, self.suite) else {
+            return;
+        };
+        match natt::detect(chain, suite.hash, &self.cky_i, &self.cky_r, to, from) {
+            Ok(Some((here, there))) => {
+                (self.nat.here, self.nat.there) = (here, there);
+                if here || there {
+                    let whom = match (here, there) {
+                        (true, true) => "both ends are",
+                        (true, false) => "this end is",
+                        _ => "the peer is (or says it is)",
+                    };
+                    ctx.log(
+                        LogLevel::Info,
+                        Some(self.name()),
+                        format!(
+                            "NAT-T: {whom} behind a NAT (seen from {from}); IKE moves to port {} from message 5",
+                            ctx.settings.nat_t_port
+                        ),
+                    );
+                }
+            }
+            Ok(None) => ctx.log(
+                LogLevel::Debug,
+                Some(self.name()),
+                format!("NAT-T: {from} sent no NAT-D payloads"),
+            ),
+            Err(e) => ctx.log(
+                LogLevel::Warning,
+                Some(self.name()),
+                format!("NAT-T: ignoring malformed NAT-D payloads from {from}: {e}"),
+            ),
+        }
     }
 
     /// Initiator: the responder's choice.
@@ -485,6 +615,7 @@ impl Phase1 {
         self.cky_r = header.responder_cookie;
         self.suite = Some(suite);
         self.lifetime = lifetime;
+        self.note_vendor_ids(ctx, &chain);
         let dh = DhPrivate::generate(suite.group, ctx.rng.rng());
         self.gxi = dh.public_value().to_vec();
         self.dh = Some(dh);
@@ -500,10 +631,12 @@ impl Phase1 {
         ctx: &mut Ctx<'_>,
         header: &HeaderRepr,
         body: &[u8],
+        (to, from): (SocketAddrV4, SocketAddrV4),
     ) -> Result<(), Ignore> {
         let chain = Phase1::plain_chain(header, body)?;
         let suite = self.suite.ok_or_else(|| "no proposal yet".to_owned())?;
         let (ke, nonce) = ke_and_nonce(&chain, dh::modulus_len(suite.group))?;
+        self.detect_nat(ctx, &chain, to, from);
         let dh = DhPrivate::generate(suite.group, ctx.rng.rng());
         self.gxi = ke.to_vec();
         self.gxr = dh.public_value().to_vec();
@@ -530,10 +663,18 @@ impl Phase1 {
         ctx: &mut Ctx<'_>,
         header: &HeaderRepr,
         body: &[u8],
+        (to, from): (SocketAddrV4, SocketAddrV4),
     ) -> Result<(), Ignore> {
         let chain = Phase1::plain_chain(header, body)?;
         let suite = self.suite.ok_or_else(|| "no proposal yet".to_owned())?;
         let (ke, nonce) = ke_and_nonce(&chain, dh::modulus_len(suite.group))?;
+        self.detect_nat(ctx, &chain, to, from);
+        if self.nat.detected() {
+            // RFC 3947 §4: the initiator moves from message 5 on; the responder follows.
+            let port = ctx.settings.nat_t_port;
+            self.local.set_port(port);
+            self.remote.set_port(port);
+        }
         self.gxr = ke.to_vec();
         self.nr = nonce.to_vec();
         if let Err(e) = self.derive(ke) {
@@ -594,13 +735,16 @@ impl Phase1 {
         Ok(AuthPayloads { id, hash, next_iv })
     }
 
-    /// The peer's phase 1 ID must be its address: that is what chose the key.
+    /// The peer's phase 1 ID must be its address: that is what chose the key. Behind a NAT
+    /// the peer can only name its private address, which nobody here knows; the key was
+    /// still chosen by the address it is seen at.
     fn check_peer_id(&self, id: &[u8]) -> Result<(), String> {
         let value = IdRepr::parse(id)
             .and_then(|r| r.value())
             .map_err(|e| format!("peer ID unusable: {e}"))?;
         match value {
             IdValue::Ipv4(a) if a == *self.remote.ip() => Ok(()),
+            IdValue::Ipv4(_) if self.nat.there => Ok(()),
             other => Err(format!(
                 "peer identified as {other:?}, expected {}",
                 self.remote.ip()

@@ -9,23 +9,30 @@
 //!
 //! KEYMAT is computed per protocol and per direction: the SA a side receives on is keyed
 //! with the SPI that side chose (RFC 2409 §5.5), so our inbound keys use our SPIs.
+//!
+//! Across a NAT the proposals ask for UDP-encapsulated ESP, and transport mode adds the
+//! original addresses (NAT-OAi, NAT-OAr after the IDs, RFC 3947 §5.2). Those are only
+//! logged on receipt: the plugin does not fix up transport checksums from them.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
-use ipsec_plugin::config::{AhKeys, Cidr, DirectionKeys, EspKeys, SaKeys};
+use ipsec_plugin::config::{AhKeys, Cidr, DirectionKeys, EspKeys, Mode, SaKeys};
 use subtle::ConstantTimeEq;
 
 use crate::config::Connection;
 use crate::crypto::{dh, phase1, phase2, DhPrivate, KeymatInput, Phase1Keys};
 use crate::ctx::{Ctx, Outcome};
-use crate::event::{ChildSa, Event, ExchangeId, LogLevel, SpiSet};
+use crate::event::{ChildSa, DeleteReason, Event, ExchangeId, LogLevel, SpiSet, UdpEncap};
 use crate::flight::{Flight, Timeout};
 use crate::informational;
 use crate::main_mode::{Phase1, OUR_NONCE_LEN};
 use crate::message;
+use crate::natt;
 use crate::proposal::{check_child_reply, child_offer, choose_child, ChildPolicy, ChildSuite};
-use crate::wire::{ExchangeType, HeaderRepr, IdRepr, NotifyType, PayloadType, ProtocolId, SaRepr};
+use crate::wire::{
+    Chain, ExchangeType, HeaderRepr, IdRepr, NotifyType, PayloadType, ProtocolId, SaRepr,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum QmState {
@@ -113,14 +120,60 @@ fn selectors_of(conn: &Connection, p1: &Phase1) -> Selectors {
     }
 }
 
-fn policy_of(conn: &Connection) -> ChildPolicy {
+fn policy_of(conn: &Connection, p1: &Phase1) -> ChildPolicy {
     ChildPolicy {
         esp: conn.esp,
         ah: conn.ah,
         ipcomp: conn.ipcomp,
         mode: conn.mode,
+        udp_allowed: p1.nat.vid.is_some(),
         require_pfs: conn.ike.pfs,
         lifetime: conn.ike.lifetime_secs,
+    }
+}
+
+/// In transport mode the selectors are the endpoints themselves; across a NAT the peer
+/// names them by addresses this end does not see (its private one, our public one), so
+/// host IDs are read as the endpoints seen here (charon does the same).
+fn endpoints_behind_nat(s: Selectors, p1: &Phase1) -> Selectors {
+    let host = |c: Cidr, seen| if c.prefix == 32 { Cidr::host(seen) } else { c };
+    Selectors {
+        local: host(s.local, *p1.local.ip()),
+        remote: host(s.remote, *p1.remote.ip()),
+        ..s
+    }
+}
+
+/// NAT-OAi and NAT-OAr for a transport-mode SA that is UDP-encapsulated: the initiator's
+/// and the responder's address, each as this end knows it.
+fn nat_oa(p1: &Phase1, suite: &ChildSuite, initiator: bool) -> Option<(PayloadType, [Vec<u8>; 2])> {
+    let d = suite.udp.filter(|_| suite.mode == Mode::Transport)?;
+    let (ours, theirs) = (*p1.local.ip(), *p1.remote.ip());
+    let (i, r) = if initiator {
+        (ours, theirs)
+    } else {
+        (theirs, ours)
+    };
+    Some((d.nat_oa(), [natt::nat_oa_body(i), natt::nat_oa_body(r)]))
+}
+
+/// Logs the peer's NAT-OA payloads: nothing here needs them, but they show what the NAT
+/// hides.
+fn note_nat_oa(ctx: &mut Ctx<'_>, p1: &Phase1, chain: &Chain<'_>) {
+    for p in chain
+        .payloads
+        .iter()
+        .filter(|p| matches!(p.kind, PayloadType::NatOa | PayloadType::NatOaDraft))
+    {
+        let what = match natt::parse_nat_oa(p.body) {
+            Ok(a) => format!("original address {a}"),
+            Err(e) => format!("an unusable NAT-OA ({e}), ignored"),
+        };
+        ctx.log(
+            LogLevel::Debug,
+            Some(p1.name()),
+            format!("NAT-T: {} sent {what}", p1.remote),
+        );
     }
 }
 
@@ -200,9 +253,17 @@ impl QuickMode {
             ah: c.ah,
             ipcomp: c.ipcomp,
             mode: c.mode,
+            udp: p1.nat.udp(),
             pfs,
             lifetime: c.ike.lifetime_secs,
         };
+        if base.udp.is_some() && c.ah.is_some() {
+            ctx.log(
+                LogLevel::Warning,
+                Some(&c.name),
+                format!("AH cannot cross the NAT between here and {}", p1.remote),
+            );
+        }
         qm.offered = if c.ipcomp {
             vec![
                 base,
@@ -233,6 +294,10 @@ impl QuickMode {
         }
         payloads.push((PayloadType::Identification, &idci));
         payloads.push((PayloadType::Identification, &idcr));
+        let oa = nat_oa(p1, &base, true);
+        if let Some((kind, bodies)) = &oa {
+            payloads.extend(bodies.iter().map(|b| (*kind, &b[..])));
+        }
         let chain = message::hashed_chain(&payloads, |rest| phase2::hash1(keys, message_id, rest));
         let (bytes, next_iv) = message::encrypted(
             keys,
@@ -316,10 +381,20 @@ impl QuickMode {
         match qm.answer(ctx, p1, keys, conns, &opened.chain) {
             Ok(()) => {
                 qm.flight.received(datagram, 0);
+                if let Some(child) = qm.child_sa(ctx, p1, keys) {
+                    ctx.events.push_back(Event::ChildSaInboundReady(Box::new(child)));
+                }
                 Responded::Started(Box::new(qm))
             }
             Err((kind, reason)) => {
-                informational::send_notify(ctx, p1, kind, ProtocolId::Isakmp, Vec::new());
+                informational::send_notify(
+                    ctx,
+                    p1,
+                    kind,
+                    ProtocolId::Isakmp,
+                    Vec::new(),
+                    Vec::new(),
+                );
                 ctx.events.push_back(Event::Failed {
                     conn: qm.conn.name.clone(),
                     peer: *peer.ip(),
@@ -380,11 +455,15 @@ impl QuickMode {
                 ))
             }
         };
+        note_nat_oa(ctx, p1, chain);
         let mut why = Vec::new();
         let mut chosen = None;
         for conn in candidates(p1, conns) {
             let ours = selectors_of(&conn, p1);
             let selectors = match proposed {
+                Some(s) if conn.mode == Mode::Transport && p1.nat.detected() => {
+                    endpoints_behind_nat(s, p1)
+                }
                 // Without IDs the SA is between the phase 1 endpoints themselves.
                 None => Selectors {
                     local: Cidr::host(*p1.local.ip()),
@@ -409,7 +488,7 @@ impl QuickMode {
                 ));
                 continue;
             }
-            match choose_child(&offer, &policy_of(&conn)) {
+            match choose_child(&offer, &policy_of(&conn, p1)) {
                 Ok(choice) => {
                     chosen = Some((conn, selectors, choice));
                     break;
@@ -425,6 +504,16 @@ impl QuickMode {
             };
             return Err((kind, why.join("; ")));
         };
+        if choice.suite.udp.is_none() && p1.nat.detected() {
+            ctx.log(
+                LogLevel::Warning,
+                Some(&conn.name),
+                format!(
+                    "{} asks for plain ESP although a NAT was detected",
+                    p1.remote
+                ),
+            );
+        }
         self.conn = conn;
         self.selectors = selectors;
         let ke = chain.find(PayloadType::KeyExchange).map(|p| p.body);
@@ -476,6 +565,10 @@ impl QuickMode {
             payloads.push((PayloadType::Identification, idcr));
             self.ids = Some((idci.to_vec(), idcr.to_vec()));
         }
+        let oa = nat_oa(p1, &choice.suite, false);
+        if let Some((kind, bodies)) = &oa {
+            payloads.extend(bodies.iter().map(|b| (*kind, &b[..])));
+        }
         let mid = self.message_id;
         let chain =
             message::hashed_chain(&payloads, |rest| phase2::hash2(keys, mid, &self.ni, rest));
@@ -491,7 +584,7 @@ impl QuickMode {
         Ok(())
     }
 
-    /// A message for this exchange (its message ID).
+    /// A message for this exchange (its message ID). True when it was authentic.
     pub fn handle(
         &mut self,
         ctx: &mut Ctx<'_>,
@@ -499,9 +592,9 @@ impl QuickMode {
         header: &HeaderRepr,
         datagram: &[u8],
         body: &[u8],
-    ) {
+    ) -> bool {
         if self.flight.on_repeat(ctx, datagram) {
-            return;
+            return false;
         }
         let generation = self.flight.generation();
         let result = match self.state {
@@ -510,15 +603,21 @@ impl QuickMode {
             QmState::Done | QmState::Dead => Err("message after the exchange ended".into()),
         };
         match result {
-            Ok(()) => self.flight.received(datagram, generation),
-            Err(why) => ctx.log(
-                LogLevel::Warning,
-                Some(&self.conn.name),
-                format!(
-                    "ignoring Quick Mode message {:#010x} from {}: {why}",
-                    self.message_id, p1.remote
-                ),
-            ),
+            Ok(()) => {
+                self.flight.received(datagram, generation);
+                true
+            }
+            Err(why) => {
+                ctx.log(
+                    LogLevel::Warning,
+                    Some(&self.conn.name),
+                    format!(
+                        "ignoring Quick Mode message {:#010x} from {}: {why}",
+                        self.message_id, p1.remote
+                    ),
+                );
+                false
+            }
         }
     }
 
@@ -576,13 +675,17 @@ impl QuickMode {
                 .filter(|p| p.kind == PayloadType::Identification)
                 .map(|p| p.body)
                 .collect();
+            // Across a NAT, a transport-mode responder may name the endpoints as it
+            // sees them (charon does); ours stay the endpoints as seen here.
+            let renamed = suite.mode == Mode::Transport && suite.udp.is_some();
             if let (Some((ci, cr)), [rci, rcr]) = (&self.ids, &ids[..]) {
-                if (&ci[..], &cr[..]) != (*rci, *rcr) {
+                if (&ci[..], &cr[..]) != (*rci, *rcr) && !renamed {
                     return Err("responder changed IDci/IDcr".to_owned());
                 }
             } else if !ids.is_empty() {
                 return Err(format!("{} ID payloads", ids.len()));
             }
+            note_nat_oa(ctx, p1, chain);
             Ok((suite, peer_spis, nr.to_vec(), pfs_secret))
         })();
         let (suite, peer_spis, nr, pfs_secret) = match checked {
@@ -639,7 +742,7 @@ impl QuickMode {
     fn finish(&mut self, ctx: &mut Ctx<'_>, p1: &Phase1, keys: &Phase1Keys) {
         self.state = QmState::Done;
         self.done_at = Some(ctx.now);
-        if let Some(child) = self.child_sa(p1, keys) {
+        if let Some(child) = self.child_sa(ctx, p1, keys) {
             ctx.log(
                 LogLevel::Info,
                 Some(&self.conn.name),
@@ -652,9 +755,15 @@ impl QuickMode {
                     child.outbound_spis()
                 ),
             );
+            // The NAT in front of us drops its mapping when idle (RFC 3948 §4).
+            let keepalive = (p1.nat.here && child.udp_encap.is_some()).then_some((
+                SocketAddrV4::new(*p1.local.ip(), ctx.settings.nat_t_port),
+                p1.remote,
+            ));
             ctx.outcomes.push(Outcome::ChildUp {
                 child: Box::new(child),
                 initiator: self.initiator,
+                keepalive,
             });
         }
         // Key material is in the event now; the exchange keeps no secrets.
@@ -698,15 +807,29 @@ impl QuickMode {
         }
     }
 
-    fn child_sa(&self, p1: &Phase1, keys: &Phase1Keys) -> Option<ChildSa> {
+    fn child_sa(&self, ctx: &Ctx<'_>, p1: &Phase1, keys: &Phase1Keys) -> Option<ChildSa> {
         let suite = self.suite?;
         let s = self.selectors;
+        // ESP uses the ports IKE floated to; a peer that asked for UDP encapsulation
+        // without floating (it cannot have crossed a NAT then) gets the NAT-T port.
+        let floated = |a: SocketAddrV4| {
+            if a.port() == ctx.settings.ike_port {
+                ctx.settings.nat_t_port
+            } else {
+                a.port()
+            }
+        };
+        let udp_encap = suite.udp.map(|_| UdpEncap {
+            local_port: floated(p1.local),
+            remote_port: floated(p1.remote),
+        });
         Some(ChildSa {
             conn: self.conn.name.clone(),
             exchange: self.request,
             local: *p1.local.ip(),
             remote: *p1.remote.ip(),
             mode: suite.mode,
+            udp_encap,
             local_selector: s.local,
             remote_selector: s.remote,
             protocol: s.protocol,
@@ -722,7 +845,6 @@ impl QuickMode {
             lifetime: Duration::from_secs(suite.lifetime),
             pfs: suite.pfs.is_some(),
             replaces: None,
-            udp_encap: None,
         })
     }
 
@@ -765,6 +887,16 @@ impl QuickMode {
                 *p1.remote.ip(),
                 format!("{which} from {} after {tries} retransmissions", p1.remote),
             );
+            if !self.initiator && self.suite.is_some() {
+                // The inbound SAs went to the plugin with message 2 (ChildSaInboundReady).
+                ctx.events.push_back(Event::ChildSaDeleted {
+                    conn: self.conn.name.clone(),
+                    peer: *p1.remote.ip(),
+                    inbound: self.our_spis,
+                    outbound: SpiSet::default(),
+                    reason: DeleteReason::Expired,
+                });
+            }
         }
     }
 }

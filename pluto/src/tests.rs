@@ -23,6 +23,9 @@ enum Fate {
 type FateFn = Box<dyn FnMut(usize, &Transmit) -> Fate>;
 /// Called before a datagram is delivered, with the receiving endpoint (to inject).
 type InjectFn = Box<dyn FnMut(usize, &Transmit, &mut Endpoint, Instant)>;
+/// What the path between the endpoints does to a datagram (say, a NAT rewriting its
+/// addresses) before anything else sees it; None loses it. `true` = sent by `a`.
+type PathFn = Box<dyn FnMut(bool, Transmit) -> Option<Transmit>>;
 
 /// Two endpoints and the wire between them.
 struct Pair {
@@ -32,32 +35,41 @@ struct Pair {
     start: Instant,
     /// Every datagram put on the wire so far, in order, with the side that sent it.
     wire: Vec<(bool, Vec<u8>)>,
+    /// Every datagram as its endpoint sent it (before the path), with the virtual time.
+    sent: Vec<(Duration, bool, Transmit)>,
     a_events: Vec<Event>,
     b_events: Vec<Event>,
     fate: FateFn,
     inject: InjectFn,
-}
-
-fn endpoint(seed: u64) -> Endpoint {
-    Endpoint::new(EndpointConfig {
-        rng_seed: Some(seed),
-        ..EndpointConfig::default()
-    })
+    path: PathFn,
 }
 
 impl Pair {
     fn new() -> Pair {
+        Pair::with(EndpointConfig::default(), EndpointConfig::default())
+    }
+
+    /// Endpoints with these settings (their seeds are set here).
+    fn with(a: EndpointConfig, b: EndpointConfig) -> Pair {
         let now = Instant::now();
         Pair {
-            a: endpoint(1),
-            b: endpoint(2),
+            a: Endpoint::new(EndpointConfig {
+                rng_seed: Some(1),
+                ..a
+            }),
+            b: Endpoint::new(EndpointConfig {
+                rng_seed: Some(2),
+                ..b
+            }),
             now,
             start: now,
             wire: Vec::new(),
+            sent: Vec::new(),
             a_events: Vec::new(),
             b_events: Vec::new(),
             fate: Box::new(|_, _| Fate::Deliver),
             inject: Box::new(|_, _, _, _| {}),
+            path: Box::new(|_, t| Some(t)),
         }
     }
 
@@ -87,6 +99,10 @@ impl Pair {
                 };
                 let Some(t) = t else { continue };
                 moved = true;
+                self.sent.push((self.now - self.start, from_a, t.clone()));
+                let Some(t) = (self.path)(from_a, t) else {
+                    continue;
+                };
                 let n = self.wire.len();
                 self.wire.push((from_a, t.payload.clone()));
                 let fate = (self.fate)(n, &t);
@@ -791,4 +807,71 @@ fn rekey_supersedes_then_the_old_sa_expires() {
         (children(&p.a_events).len(), children(&p.b_events).len()),
         (2, 2)
     );
+}
+
+mod natt_dpd;
+
+/// The responder hands over its inbound SAs with Quick Mode message 2, before the
+/// initiator can use them; message 3 then confirms the same SAs.
+#[test]
+fn responder_installs_inbound_before_message_2() {
+    let (a, b) = conns(|_| {});
+    let mut p = Pair::new();
+    p.b.add_connection(b);
+    p.a.initiate(p.now, &a);
+    assert!(p.established());
+    let early: Vec<&ChildSa> = p
+        .b_events
+        .iter()
+        .filter_map(|e| match e {
+            Event::ChildSaInboundReady(c) => Some(&**c),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(early.len(), 1, "{:?}", p.b_events);
+    let done = children(&p.b_events)[0];
+    assert_eq!(early[0].keys, done.keys);
+    let at = |pred: &dyn Fn(&Event) -> bool| p.b_events.iter().position(pred).unwrap();
+    assert!(
+        at(&|e| matches!(e, Event::ChildSaInboundReady(_)))
+            < at(&|e| matches!(e, Event::ChildSaEstablished(_)))
+    );
+    assert!(
+        !p.a_events.iter().any(|e| matches!(e, Event::ChildSaInboundReady(_))),
+        "the initiator installs everything at once"
+    );
+}
+
+/// Without message 3 the early inbound SAs are withdrawn.
+#[test]
+fn responder_withdraws_early_inbound_sas_without_message_3() {
+    let (a, b) = conns(|_| {});
+    let mut p = Pair::new();
+    // Main Mode is 6 datagrams, then QM1 (6) and QM2 (7): nothing from A gets through after.
+    p.fate = Box::new(|n, t| {
+        if n >= 8 && *t.from.ip() == A {
+            Fate::Drop
+        } else {
+            Fate::Deliver
+        }
+    });
+    p.b.add_connection(b);
+    p.a.initiate(p.now, &a);
+    p.run_until(Duration::from_secs(600), |p| {
+        p.b_events.iter().any(|e| matches!(e, Event::ChildSaDeleted { .. }))
+    });
+    let early = p
+        .b_events
+        .iter()
+        .find_map(|e| match e {
+            Event::ChildSaInboundReady(c) => Some(c.inbound_spis()),
+            _ => None,
+        })
+        .expect("inbound SAs handed over with message 2");
+    let deleted = p.b_events.iter().find_map(|e| match e {
+        Event::ChildSaDeleted { inbound, outbound, .. } => Some((*inbound, *outbound)),
+        _ => None,
+    });
+    assert_eq!(deleted, Some((early, SpiSet::default())), "{:?}", p.b_events);
+    assert!(children(&p.b_events).is_empty());
 }

@@ -1,11 +1,13 @@
 //! Phase 2: numbered proposals of AH, ESP and IPComp payloads (RFC 2407 §4.4-4.5,
-//! RFC 4106 §8.4 for AES-GCM), one transform each in what this end offers.
+//! RFC 4106 §8.4 for AES-GCM), one transform each in what this end offers. Behind a NAT
+//! the Encapsulation Mode asks for UDP encapsulation (RFC 3947 §5.1).
 
 use ipsec_plugin::config::{DhGroup, Mode};
 use ipsec_plugin::crypto::{AeadAlg, CipherAlg, EspTransform, IntegAlg};
 
 use super::{clamp_lifetime, group_from_number, lifetime_secs};
 use crate::event::SpiSet;
+use crate::natt::{self, Dialect};
 use crate::wire::{
     AhTransformId, Attribute, AuthAlgorithm, EncapsulationMode, EspTransformId, IpcompTransformId,
     IpsecAttr, LifeType, ProposalRepr, ProtocolId, SaRepr, TransformRepr, DOI_IPSEC,
@@ -19,6 +21,8 @@ pub(crate) struct ChildSuite {
     pub ah: Option<IntegAlg>,
     pub ipcomp: bool,
     pub mode: Mode,
+    /// UDP-encapsulated ESP, in the numbers of this NAT-T dialect.
+    pub udp: Option<Dialect>,
     /// The Quick Mode PFS group.
     pub pfs: Option<DhGroup>,
     pub lifetime: u64,
@@ -64,10 +68,11 @@ fn ah_id(i: IntegAlg) -> AhTransformId {
     }
 }
 
-fn encapsulation(mode: Mode) -> EncapsulationMode {
-    match mode {
-        Mode::Tunnel => EncapsulationMode::Tunnel,
-        Mode::Transport => EncapsulationMode::Transport,
+fn encapsulation(mode: Mode, udp: Option<Dialect>) -> EncapsulationMode {
+    match (mode, udp) {
+        (_, Some(d)) => d.encapsulation(mode),
+        (Mode::Tunnel, None) => EncapsulationMode::Tunnel,
+        (Mode::Transport, None) => EncapsulationMode::Transport,
     }
 }
 
@@ -85,7 +90,7 @@ fn common_attrs(s: &ChildSuite) -> Vec<Attribute> {
     }
     a.push(Attribute::basic(
         IpsecAttr::EncapsulationMode,
-        encapsulation(s.mode),
+        encapsulation(s.mode, s.udp),
     ));
     a
 }
@@ -190,12 +195,14 @@ struct Decoded {
     protects: Protects,
     /// None = not given (host-dependent, RFC 2407 §4.5): this end's mode then.
     mode: Option<Mode>,
+    udp: Option<Dialect>,
     pfs: Option<DhGroup>,
     lifetime: Option<u64>,
 }
 
 fn decode_child_transform(protocol: ProtocolId, t: &TransformRepr) -> Result<Decoded, String> {
     let mut mode = None;
+    let mut udp = None;
     let mut pfs = None;
     let mut auth = None;
     let mut key_len = None;
@@ -210,12 +217,10 @@ fn decode_child_transform(protocol: ProtocolId, t: &TransformRepr) -> Result<Dec
                     Some(group_from_number(n).ok_or_else(|| format!("unsupported PFS group {n}"))?)
             }
             IpsecAttr::EncapsulationMode => {
-                mode = Some(match EncapsulationMode::from(n as u16) {
-                    EncapsulationMode::Tunnel => Mode::Tunnel,
-                    EncapsulationMode::Transport => Mode::Transport,
-                    // UDP encapsulation needs NAT-T, which this daemon does not negotiate yet.
-                    other => return Err(format!("encapsulation {other:?} not supported")),
-                })
+                let e = EncapsulationMode::from(n as u16);
+                let (m, u) = natt::decode_encapsulation(e)
+                    .ok_or_else(|| format!("encapsulation {e:?} not supported"))?;
+                (mode, udp) = (Some(m), u);
             }
             IpsecAttr::AuthAlgorithm => auth = Some(AuthAlgorithm::from(n as u16)),
             IpsecAttr::KeyLength => key_len = Some(n),
@@ -251,6 +256,7 @@ fn decode_child_transform(protocol: ProtocolId, t: &TransformRepr) -> Result<Dec
                     return Ok(Decoded {
                         protects: Protects::Esp(EspTransform::Aead(aead)),
                         mode,
+                        udp,
                         pfs,
                         lifetime,
                     });
@@ -290,6 +296,7 @@ fn decode_child_transform(protocol: ProtocolId, t: &TransformRepr) -> Result<Dec
     Ok(Decoded {
         protects,
         mode,
+        udp,
         pfs,
         lifetime,
     })
@@ -330,11 +337,14 @@ fn suite_of(
         ah: None,
         ipcomp: false,
         mode: our_mode,
+        udp: None,
         pfs: None,
         lifetime: u64::MAX,
     };
     let mut spis = SpiSet::default();
     let mut pfs_seen = None;
+    // Whether UDP encapsulation was asked for, by the payloads that name a mode.
+    let mut udp_seen: Option<bool> = None;
     for &(p, t) in payloads {
         let d = decode_child_transform(p.protocol, t)?;
         let spi = peer_spi(p)?;
@@ -349,6 +359,13 @@ fn suite_of(
         }
         if d.mode.is_some_and(|m| m != our_mode) {
             return Err(format!("{:?} mode, we want {our_mode}", d.mode));
+        }
+        if d.mode.is_some() {
+            if udp_seen.is_some_and(|u| u != d.udp.is_some()) {
+                return Err("UDP encapsulation on some protocols only".into());
+            }
+            udp_seen = Some(d.udp.is_some());
+            suite.udp = suite.udp.or(d.udp);
         }
         if let Some(g) = d.pfs {
             if pfs_seen.is_some_and(|s| s != g) {
@@ -374,6 +391,8 @@ pub(crate) struct ChildPolicy {
     pub ah: Option<IntegAlg>,
     pub ipcomp: bool,
     pub mode: Mode,
+    /// UDP-encapsulated modes are acceptable: both ends speak NAT-T.
+    pub udp_allowed: bool,
     pub require_pfs: bool,
     pub lifetime: u64,
 }
@@ -462,6 +481,13 @@ pub(crate) fn choose_child(offer: &SaRepr, policy: &ChildPolicy) -> Result<Child
             why.push(format!("proposal {}: we require PFS", group[0].number));
             continue;
         }
+        if suite.udp.is_some() && !policy.udp_allowed {
+            why.push(format!(
+                "proposal {}: UDP encapsulation without NAT-T",
+                group[0].number
+            ));
+            continue;
+        }
         suite.lifetime = clamp_lifetime(
             (suite.lifetime != u64::MAX).then_some(suite.lifetime),
             policy.lifetime,
@@ -513,7 +539,16 @@ pub(crate) fn check_child_reply(
     let (mut suite, spis) = suite_of(&picked, mode)?;
     let ours = offered
         .iter()
-        .find(|o| (o.esp, o.ah, o.ipcomp, o.pfs) == (suite.esp, suite.ah, suite.ipcomp, suite.pfs))
+        .find(|o| {
+            (o.esp, o.ah, o.ipcomp, o.pfs, o.udp.is_some())
+                == (
+                    suite.esp,
+                    suite.ah,
+                    suite.ipcomp,
+                    suite.pfs,
+                    suite.udp.is_some(),
+                )
+        })
         .ok_or("responder chose a proposal we did not offer")?;
     suite.lifetime = clamp_lifetime(
         (suite.lifetime != u64::MAX).then_some(suite.lifetime),
@@ -570,15 +605,18 @@ mod tests {
                 if e.is_none() && ah.is_none() {
                     continue;
                 }
-                for (ipcomp, pfs, mode) in [
-                    (false, None, Mode::Tunnel),
-                    (true, Some(DhGroup::Modp1536), Mode::Transport),
+                for (ipcomp, pfs, mode, udp) in [
+                    (false, None, Mode::Tunnel, None),
+                    (true, Some(DhGroup::Modp1536), Mode::Transport, None),
+                    (false, None, Mode::Tunnel, Some(Dialect::Rfc3947)),
+                    (true, None, Mode::Transport, Some(Dialect::Draft)),
                 ] {
                     let suite = ChildSuite {
                         esp: e,
                         ah,
                         ipcomp,
                         mode,
+                        udp,
                         pfs,
                         lifetime: 28_800,
                     };
@@ -588,6 +626,7 @@ mod tests {
                         ah,
                         ipcomp,
                         mode,
+                        udp_allowed: true,
                         require_pfs: pfs.is_some(),
                         lifetime: 3600,
                     };
@@ -624,6 +663,7 @@ mod tests {
             ah: None,
             ipcomp: true,
             mode: Mode::Tunnel,
+            udp: None,
             pfs: None,
             lifetime: 100,
         };
@@ -642,6 +682,7 @@ mod tests {
             ah: None,
             ipcomp: false,
             mode: Mode::Tunnel,
+            udp_allowed: false,
             require_pfs: false,
             lifetime: 200,
         };
@@ -676,6 +717,7 @@ mod tests {
             ah: None,
             ipcomp: false,
             mode: Mode::Tunnel,
+            udp: None,
             pfs: None,
             lifetime: 100,
         };
@@ -691,6 +733,7 @@ mod tests {
             ah: None,
             ipcomp: false,
             mode: Mode::Tunnel,
+            udp_allowed: false,
             require_pfs: false,
             lifetime: 100,
         };
@@ -710,5 +753,62 @@ mod tests {
             &spis,
         );
         assert!(check_child_reply(&other, &[suite], Mode::Tunnel).is_err());
+    }
+
+    /// UDP encapsulation (RFC 3947 §5.1) is taken only from a NAT-T peer, in either
+    /// dialect's numbers, and an initiator holds the responder to what it offered.
+    #[test]
+    fn udp_encapsulation_needs_nat_t_and_must_match_the_offer() {
+        let spis = SpiSet {
+            esp: Some(0x1000),
+            ..SpiSet::default()
+        };
+        let plain = ChildSuite {
+            esp: esp("aes128-sha1"),
+            ah: None,
+            ipcomp: false,
+            mode: Mode::Transport,
+            udp: None,
+            pfs: None,
+            lifetime: 100,
+        };
+        let mut policy = ChildPolicy {
+            esp: plain.esp,
+            ah: None,
+            ipcomp: false,
+            mode: Mode::Transport,
+            udp_allowed: false,
+            require_pfs: false,
+            lifetime: 100,
+        };
+        for d in [Dialect::Rfc3947, Dialect::Draft] {
+            let udp = ChildSuite {
+                udp: Some(d),
+                ..plain
+            };
+            let offer = child_offer(&[udp], &spis);
+            let mode_attr = offer.proposals[0].transforms[0]
+                .attributes
+                .iter()
+                .find(|a| a.kind == u16::from(IpsecAttr::EncapsulationMode))
+                .and_then(|a| a.as_number());
+            assert_eq!(
+                mode_attr,
+                Some(u64::from(u16::from(d.encapsulation(Mode::Transport))))
+            );
+            policy.udp_allowed = false;
+            assert!(choose_child(&offer, &policy)
+                .unwrap_err()
+                .contains("UDP encapsulation without NAT-T"));
+            policy.udp_allowed = true;
+            let choice = choose_child(&offer, &policy).unwrap();
+            assert_eq!(choice.suite.udp, Some(d));
+            let reply = choice.reply(&spis);
+            assert!(check_child_reply(&reply, &[udp], Mode::Transport).is_ok());
+            assert!(check_child_reply(&reply, &[plain], Mode::Transport).is_err());
+        }
+        // A plain offer is still fine with a NAT-T peer.
+        let choice = choose_child(&child_offer(&[plain], &spis), &policy).unwrap();
+        assert_eq!(choice.suite.udp, None);
     }
 }
