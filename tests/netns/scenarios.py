@@ -190,18 +190,9 @@ class Net:
     def transfer(self, src, dst, nbytes=TRANSFER_BYTES, seed=1, port=5201, timeout=120):
         """Sends `nbytes` over TCP from `src` to `dst`, whose server checks their SHA-256;
         returns the client's report line."""
-        server = self.lab.spawn(self.ns[dst], "python3", TCP_HASH, "serve", str(port),
-                                str(timeout), stdout=subprocess.PIPE)
-        line = server.stdout.readline()
-        if not line.startswith("listening"):
-            raise LabError(f"tcp_hash server on {dst} did not start: {line!r}")
-        done = self.lab.run(self.ns[src], "python3", TCP_HASH, "send", self.ip(dst), str(port),
-                            str(nbytes), str(seed), check=False, timeout=timeout)
-        server.wait(timeout)
-        if done.returncode != 0:
-            raise LabError(f"TCP transfer {src} -> {dst} failed:\n{done.stdout}{done.stderr}"
-                           + self.diagnostics())
-        return done.stdout.strip()
+        return tcp_transfer(self.lab, self.ns[src], self.ns[dst], self.ip(dst), nbytes,
+                            seed=seed, port=port, timeout=timeout,
+                            diagnostics=self.diagnostics)
 
     # --- captures ---------------------------------------------------------------------
     def capture_wan(self):
@@ -216,6 +207,24 @@ class Net:
 
     def diagnostics(self):
         return "".join(f"\n===== {name}\n{hs.describe()}" for name, hs in self.host_sims.items())
+
+
+def tcp_transfer(lab, src_ns, dst_ns, dst_ip, nbytes, seed=1, port=5201, timeout=120,
+                 diagnostics=lambda: ""):
+    """Sends `nbytes` over TCP from namespace `src_ns` to a server in `dst_ns` listening
+    on `dst_ip`, which checks their SHA-256; returns the client's report line."""
+    server = lab.spawn(dst_ns, "python3", TCP_HASH, "serve", str(port), str(timeout),
+                       stdout=subprocess.PIPE)
+    line = server.stdout.readline()
+    if not line.startswith("listening"):
+        raise LabError(f"tcp_hash server in {dst_ns} did not start: {line!r}")
+    done = lab.run(src_ns, "python3", TCP_HASH, "send", dst_ip, str(port), str(nbytes),
+                   str(seed), check=False, timeout=timeout)
+    server.wait(timeout)
+    if done.returncode != 0:
+        raise LabError(f"TCP transfer to {dst_ip} failed:\n{done.stdout}{done.stderr}"
+                       + diagnostics())
+    return done.stdout.strip()
 
 
 def _ipv4_fields(packet):
