@@ -86,11 +86,17 @@ fn print_live(socket: &std::path::Path, json: bool) -> ExitCode {
     }
 }
 
+/// Standard output; a reader that went away (`| head`) is not an error of ours, and
+/// must not become a panic the way `print!` makes it one.
+fn out(text: &str) {
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+}
+
 fn main() -> ExitCode {
     let args = match parse_args(std::env::args().skip(1), std::env::var("IPSEC_CONTROL").ok()) {
         Ok(Some(a)) => a,
         Ok(None) => {
-            println!("{USAGE}");
+            out(&format!("{USAGE}\n"));
             return ExitCode::SUCCESS;
         }
         Err(e) => {
@@ -122,9 +128,9 @@ fn main() -> ExitCode {
     }
     let global = Counters::default();
     if args.json {
-        print!("{}", dump::json(&spd, &global, 0));
+        out(&dump::json(&spd, &global, 0));
     } else {
-        print!("{}", dump::text(&spd, &global, 0));
+        out(&dump::text(&spd, &global, 0));
     }
     if cfg.errors.is_empty() && activation.is_empty() {
         ExitCode::SUCCESS

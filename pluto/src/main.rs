@@ -66,11 +66,11 @@ fn parse(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, String>
         };
         match flag.as_str() {
             "-h" | "--help" => {
-                println!("{HELP}\n\n{USAGE}");
+                out(&format!("{HELP}\n\n{USAGE}\n"));
                 return Ok(None);
             }
             "-V" | "--version" => {
-                println!("pluto {}", env!("CARGO_PKG_VERSION"));
+                out(&format!("pluto {}\n", env!("CARGO_PKG_VERSION")));
                 return Ok(None);
             }
             "--nofork" => args.fork = false,
@@ -129,6 +129,12 @@ fn detach(args: &Args) -> ExitCode {
     }
     eprintln!("pluto: the daemon did not open {} within 10 s", socket.display());
     ExitCode::from(1)
+}
+
+/// Standard output, where a closed pipe (`pluto --help | head`) is no reason to panic.
+fn out(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
 }
 
 fn main() -> ExitCode {
