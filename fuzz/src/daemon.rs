@@ -244,8 +244,15 @@ impl Checker {
                 );
                 // What the peer agreed to reaches the plugin: the daemon's link messages
                 // for it encode and pass the plugin's validation.
-                for m in pluto::link::install_messages(c, responder_bundle(), 7, 1) {
+                for m in pluto::link::install_messages(c, responder_bundle(), pluto::link::Directions::Both, 7, 1) {
                     check_link_message(&m, "install");
+                }
+            }
+            Event::ChildSaInboundReady(c) => {
+                // A responder's inbound SAs, handed over with Quick Mode message 2.
+                assert!(self.phase1, "isakmp: inbound SAs without an authenticated phase 1");
+                for m in pluto::link::install_messages(c, responder_bundle(), pluto::link::Directions::Inbound, 7, 1) {
+                    check_link_message(&m, "install inbound");
                 }
             }
             Event::ChildSaDeleted {
