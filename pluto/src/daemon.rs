@@ -39,6 +39,10 @@ pub struct Options {
     pub secrets_file: PathBuf,
     /// The link socket is `<ctlbase>.ctl`, the pid file `<ctlbase>.pid`.
     pub ctl_base: PathBuf,
+    /// Where to append each ISAKMP SA's initiator cookie and encryption key, in the format
+    /// of Wireshark's `ikev1_decryption_table`, for reading captures. Off by default: the
+    /// file holds keys.
+    pub ike_key_log: Option<PathBuf>,
 }
 
 impl Options {
@@ -110,6 +114,8 @@ pub struct Daemon {
     /// Inbound SAs a responder handed over ahead of Quick Mode message 3, with their seq.
     early: HashMap<(String, SpiSet), u32>,
     dynamic_local: Option<Ipv4Addr>,
+    /// Initiator cookies already in the IKE key log.
+    key_logged: std::collections::HashSet<[u8; 8]>,
     next_seq: u32,
     pid: u32,
 }
@@ -181,6 +187,7 @@ fn serve(options: Options, mut log: PlutoLog, secrets: Secrets, udp: HashMap<u16
         current: HashMap::new(),
         early: HashMap::new(),
         dynamic_local: None,
+        key_logged: Default::default(),
         next_seq: 1,
         pid: std::process::id(),
     };
@@ -594,15 +601,18 @@ impl Daemon {
         match event {
             Event::Log { level, conn, message } => self.log.line(level.into(), conn.as_deref(), &message),
             // The core has logged it already; this says which end started.
-            Event::Phase1Established { conn, peer, suite, lifetime, initiator } => self.log.line(
-                Prefix::Dbg,
-                Some(&conn),
-                &format!(
-                    "ISAKMP SA established with {peer} as {} ({suite:?}, {} s)",
-                    if initiator { "initiator" } else { "responder" },
-                    lifetime.as_secs()
-                ),
-            ),
+            Event::Phase1Established { conn, peer, suite, lifetime, initiator } => {
+                self.log.line(
+                    Prefix::Dbg,
+                    Some(&conn),
+                    &format!(
+                        "ISAKMP SA established with {peer} as {} ({suite:?}, {} s)",
+                        if initiator { "initiator" } else { "responder" },
+                        lifetime.as_secs()
+                    ),
+                );
+                self.write_key_log();
+            }
             Event::Phase1Deleted { conn, peer, reason } => {
                 self.log.line(Prefix::Inf, Some(&conn), &format!("ISAKMP SA with {peer} deleted ({reason:?})"))
             }
@@ -686,6 +696,29 @@ impl Daemon {
                     }
                 }
             }
+        }
+    }
+}
+
+impl Daemon {
+    fn write_key_log(&mut self) {
+        let Some(path) = self.options.ike_key_log.clone() else { return };
+        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        let mut lines = String::new();
+        for (cookie, key) in self.endpoint.ike_key_log() {
+            if self.key_logged.insert(cookie) {
+                lines.push_str(&format!("{},{}\n", hex(&cookie), hex(&key)));
+            }
+        }
+        use std::os::unix::fs::OpenOptionsExt;
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut f| f.write_all(lines.as_bytes()));
+        if let Err(e) = written {
+            self.log.line(Prefix::Err, None, &format!("cannot write the IKE key log {}: {e}", path.display()));
         }
     }
 }

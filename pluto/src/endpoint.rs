@@ -1075,6 +1075,19 @@ fn send_child_delete(ctx: &mut Ctx<'_>, sa: &IkeSa, inbound: &SpiSet) {
 #[cfg(test)]
 pub(crate) type Phase1Secrets = ([u8; 8], [u8; 8], crate::crypto::Phase1Keys, Vec<u8>);
 
+impl Endpoint {
+    /// Wireshark's IKEv1 decryption table for the established ISAKMP SAs: the initiator's
+    /// cookie and the message encryption key of each, for an administrator who asked for
+    /// a key log (`pluto --ikekeylog`) to read the exchanges in a capture.
+    pub fn ike_key_log(&self) -> Vec<([u8; 8], Vec<u8>)> {
+        self.ike_sas
+            .iter()
+            .filter(|sa| sa.p1.is_established())
+            .filter_map(|sa| Some((sa.p1.cky_i, sa.p1.keys.as_ref()?.enc_key.clone())))
+            .collect()
+    }
+}
+
 #[cfg(test)]
 impl Endpoint {
     /// For tests that open or forge encrypted messages: per established ISAKMP SA.

@@ -9,6 +9,7 @@ use pluto::log::PlutoLog;
 
 const USAGE: &str = "usage: pluto [--nofork] [--stderrlog] [--logfile PATH] [--debug] [--ikeport N]
              [--natt-port N] [--nonat_traversal] [--secretsfile PATH] [--ctlbase PATH]
+             [--ikekeylog PATH]
        pluto --help | --version";
 
 const HELP: &str = "pluto: the Pluto-compatible IKEv1 keying daemon of the IPsec plugin.
@@ -27,6 +28,9 @@ keys from isecrets.cfg) and Quick Mode, and hands them to the plugin over the da
   --secretsfile PATH  pre-shared keys (default: /etc/ipsec-plugin/isecrets.cfg)
   --ctlbase PATH      the link socket is PATH.ctl, the pid file PATH.pid
                       (default: /run/ipsec-plugin/pluto)
+  --ikekeylog PATH    append each ISAKMP SA's initiator cookie and encryption key to
+                      PATH (mode 0600) as Wireshark's ikev1_decryption_table wants them,
+                      to read IKE exchanges in captures; the file holds keys: debug only
 
 Exit status: 0 on a clean stop, 1 when it cannot start (the reason is on stderr and in
 the log), 2 on a bad command line.";
@@ -47,6 +51,7 @@ fn parse(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, String>
             nat_traversal: true,
             secrets_file: PathBuf::from("/etc/ipsec-plugin/isecrets.cfg"),
             ctl_base: PathBuf::from("/run/ipsec-plugin/pluto"),
+            ike_key_log: None,
         },
         fork: true,
         stderr_log: false,
@@ -80,6 +85,7 @@ fn parse(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, String>
             "--logfile" => args.log_file = value(&flag)?.into(),
             "--secretsfile" => args.options.secrets_file = value(&flag)?.into(),
             "--ctlbase" => args.options.ctl_base = value(&flag)?.into(),
+            "--ikekeylog" => args.options.ike_key_log = Some(value(&flag)?.into()),
             "--ikeport" => args.options.ike_port = port(&flag, value(&flag)?)?,
             "--natt-port" => args.options.nat_t_port = port(&flag, value(&flag)?)?,
             other => return Err(format!("unknown option {other}")),

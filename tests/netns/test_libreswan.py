@@ -69,7 +69,8 @@ def build(lab, binaries, suite):
     (cfg / "ipsec.cfg").write_text(
         f"[lsw]\nlocal = {OURS}\nremote = {PEER}\nkeying = ike\nreplay_window = 64\n{ours_cfg}")
     (cfg / "isecrets.cfg").write_text(f'{OURS} {PEER} : PSK "{PSK}"\n')
-    pluto = Pluto(lab, ours, binaries["pluto"], "ours", cfg / "isecrets.cfg")
+    pluto = Pluto(lab, ours, binaries["pluto"], "ours", cfg / "isecrets.cfg",
+                  extra=["--ikekeylog", lab.workdir / "ikev1_decryption_table"])
     control = lab.workdir / "ours" / "control.sock"
     hs = HostSim(lab, ours, binaries["host-sim"], binaries["plugin"], cfg, "wan0", "ours",
                  extra=["--daemon", pluto.socket, "--control", control])
@@ -108,11 +109,28 @@ def tshark_decrypts(lab, pcap, records):
     return rows, " ".join(argv)
 
 
+def ike_spis(lab, pcap):
+    """The SPIs in the ISAKMP messages of `pcap`, decrypted by tshark with our key log."""
+    config = lab.workdir / "wireshark-ike"
+    config.mkdir(exist_ok=True)
+    shutil.copyfile(lab.workdir / "ikev1_decryption_table", config / "ikev1_decryption_table")
+    done = subprocess.run(["tshark", "-n", "-r", str(pcap), "-Y", "isakmp", "-T", "fields",
+                           "-e", "isakmp.exchangetype", "-e", "isakmp.spi"],
+                          capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, WIRESHARK_CONFIG_DIR=str(config)))
+    assert done.returncode == 0, done.stderr
+    quick = [line.split("\t") for line in done.stdout.splitlines() if line.startswith("32\t")]
+    assert quick, f"no Quick Mode decrypted:\n{done.stdout}"
+    return {spi.lower() for _, spis in quick for spi in spis.split(",") if spi}
+
+
 @pytest.mark.parametrize("role", ["we-initiate", "libreswan-initiates"])
 @pytest.mark.parametrize("suite", sorted(SUITES))
 def test_libreswan_keys_match_ours(lab, binaries, libreswan_installed, suite, role):
     ours, pluto, hs, lsw, control = build(lab, binaries, suite)
     target = "10.2.0.1" if "tunnel" in suite else PEER
+    capture = Capture(lab, ours, "wan0", "wire")
+    time.sleep(0.5)
     if role == "we-initiate":
         # The first packet is held and sets off ACQUIRE -> Main Mode -> Quick Mode.
         lab.run(ours, "ping", "-n", "-c", "1", "-W", "1", target, check=False)
@@ -122,8 +140,6 @@ def test_libreswan_keys_match_ours(lab, binaries, libreswan_installed, suite, ro
     pluto.wait_log("SA to plugin", timeout=30)
     assert wait_for(lambda: len(our_sas(lab, ours, binaries, control)) >= 2, 10), hs.describe()
 
-    capture = Capture(lab, ours, "wan0", "esp")
-    time.sleep(0.5)
     lab.run(ours, "ping", "-n", "-c", "4", "-i", "0.2", "-W", "1", target, check=False)
     time.sleep(1.5)
     packets = capture.stop()
@@ -136,6 +152,14 @@ def test_libreswan_keys_match_ours(lab, binaries, libreswan_installed, suite, ro
                 if sa.get("direction") == "out" and sa.get("protocol", sa.get("proto")) == "esp"]
     spis = {int(str(sa["spi"]), 0) for sa in ours_out}
     assert int(inbound_at_lsw["spi"], 16) in spis, (ours_out, inbound_at_lsw)
+
+    # The IKE exchange itself, decrypted with the key log our pluto wrote: the Quick Mode
+    # SA payloads carry exactly the SPIs our plugin holds.
+    ours_in = [sa for sa in our_sas(lab, ours, binaries, control)
+               if sa.get("direction") == "in" and sa.get("protocol") == "esp"]
+    seen = ike_spis(lab, capture.path)
+    for sa in ours_out + ours_in:
+        assert f"{int(str(sa['spi']), 0):08x}" in seen, (sa, seen)
 
     rows, argv = tshark_decrypts(lab, capture.path, [inbound_at_lsw])
     esp_rows = [r for r in rows if r and r[0]]
