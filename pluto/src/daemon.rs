@@ -63,6 +63,9 @@ fn with_suffix(base: &Path, suffix: &str) -> PathBuf {
 
 type ClientId = u64;
 
+/// An ACQUIRE this soon after SAs went to the plugin was sent before they arrived.
+const ACQUIRE_CROSSING: Duration = Duration::from_secs(2);
+
 enum Input {
     Datagram { from: SocketAddrV4, to: SocketAddrV4, data: Vec<u8> },
     PluginConnected { client: ClientId, stream: UnixStream },
@@ -114,6 +117,8 @@ pub struct Daemon {
     /// Inbound SAs a responder handed over ahead of Quick Mode message 3, with their seq.
     early: HashMap<(String, SpiSet), u32>,
     dynamic_local: Option<Ipv4Addr>,
+    /// When SAs of each connection last went to the plugin.
+    sas_sent: HashMap<String, Instant>,
     /// Initiator cookies already in the IKE key log.
     key_logged: std::collections::HashSet<[u8; 8]>,
     next_seq: u32,
@@ -188,6 +193,7 @@ fn serve(options: Options, mut log: PlutoLog, secrets: Secrets, udp: HashMap<u16
         early: HashMap::new(),
         dynamic_local: None,
         key_logged: Default::default(),
+        sas_sent: HashMap::new(),
         next_seq: 1,
         pid: std::process::id(),
     };
@@ -535,6 +541,14 @@ impl Daemon {
             self.send(client, &link::failure_message(&name, msg.header.seq, self.pid, Errno::NoEntry));
             return;
         };
+        let just_sent = self.sas_sent.get(&name).is_some_and(|t| now.duration_since(*t) < ACQUIRE_CROSSING);
+        if self.early.keys().any(|(c, _)| *c == name) || just_sent {
+            // A responder's inbound SAs are in and the outbound ones follow with Quick Mode
+            // message 3, or the SAs went out as this ACQUIRE came in: the plugin releases
+            // what it holds when they arrive.
+            self.log.line(Prefix::Dbg, Some(&name), "ACQUIRE crossed SAs on their way to the plugin");
+            return;
+        }
         if conn.is_road_warrior() {
             self.log.line(Prefix::Err, Some(&name), "ACQUIRE for a road-warrior bundle: it only answers peers");
             self.send(client, &link::failure_message(&name, msg.header.seq, self.pid, Errno::Invalid));
@@ -660,6 +674,7 @@ impl Daemon {
                     ),
                 );
                 self.current.insert(child.conn.clone(), Current { inbound: child.inbound_spis(), outbound: child.outbound_spis() });
+                self.sas_sent.insert(child.conn.clone(), Instant::now());
                 let which = if early.is_some() { link::Directions::Outbound } else { link::Directions::Both };
                 for msg in link::install_messages(&child, &bundle, which, seq, self.pid) {
                     self.send(client, &msg);
