@@ -85,3 +85,33 @@ fn a_second_daemon_on_the_same_socket_is_refused_and_a_stale_socket_replaced() {
     assert_eq!(second.status.code(), Some(1), "{}", text(&second));
     assert!(text(&second).contains("another keying daemon is running"), "{}", text(&second));
 }
+
+#[test]
+fn a_secrets_file_others_can_read_is_warned_about() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::fs::PermissionsExt;
+    let dir = scratch("perms");
+    let secrets = dir.join("isecrets.cfg");
+    std::fs::write(&secrets, "192.0.2.1 192.0.2.2 : PSK \"x\"\n").unwrap();
+    std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pluto"))
+        .args(start_args(&dir, "isecrets.cfg", "15530", "15531"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = Vec::new();
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        let started = line.contains("started");
+        lines.push(line);
+        if started {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        lines.iter().any(|l| l.contains("[WRN]") && l.contains("isecrets.cfg")),
+        "{lines:?}"
+    );
+}
