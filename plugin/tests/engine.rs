@@ -896,3 +896,39 @@ fn a_bundle_with_errors_blocks_its_traffic_instead_of_leaking_it() {
     assert_eq!(out(&a, &udp([192, 0, 2, 1], [192, 0, 2, 2], 20)).0, Verdict::Transformed);
     assert_eq!(out(&a, &udp([192, 0, 2, 1], [192, 0, 2, 9], 20)).0, Verdict::Pass);
 }
+
+/// IKE between a bundle's own endpoints passes that bundle unprotected (keying must be
+/// possible), but other bundles it matches apply: host1's IKE with host2 rides the outer
+/// tunnel to the gateway, and the gateway's tunnel carries it back.
+#[test]
+fn ike_passes_only_the_bundle_it_keys() {
+    let dir = temp_dir("nested-ike");
+    let host1 = format!("{NESTED_INNER}{NESTED_OUTER}");
+    let h1 = machine(&dir.join("host1"), &host1);
+    let g = machine(&dir.join("gw"), &mirror(NESTED_OUTER, "192.0.2.31", "192.0.2.32"));
+    let ike = |src: [u8; 4], dst: [u8; 4]| {
+        let mut p = udp(src, dst, 100);
+        p[20..22].copy_from_slice(&500u16.to_be_bytes());
+        p[22..24].copy_from_slice(&500u16.to_be_bytes());
+        p
+    };
+    // host1 <-> gw keys [outer]: in clear both ways.
+    let to_gw = ike([192, 0, 2, 31], [192, 0, 2, 32]);
+    assert_eq!(out(&h1, &to_gw), (Verdict::Pass, to_gw.clone()));
+    assert_eq!(inp(&h1, &ike([192, 0, 2, 32], [192, 0, 2, 31])).0, Verdict::Pass);
+    // host1 <-> host2 keys [inner]: not by [inner] itself, but inside [outer]'s tunnel.
+    let to_host2 = ike([192, 0, 2, 31], [10, 2, 0, 5]);
+    let (v, w) = out(&h1, &to_host2);
+    assert_eq!(v, Verdict::Transformed);
+    let outer_ip = ipv4::Packet::new_checked(&w[..]).unwrap();
+    assert_eq!((outer_ip.next_header(), outer_ip.dst_addr()), (IpProtocol::Esp, Ipv4Addr::new(192, 0, 2, 32)));
+    assert_eq!(inp(&g, &w), (Verdict::Transformed, to_host2));
+    // host2's answer comes back through the gateway's tunnel and is accepted without [inner].
+    let from_host2 = ike([10, 2, 0, 5], [192, 0, 2, 31]);
+    let (v, w) = out(&g, &from_host2);
+    assert_eq!(v, Verdict::Transformed);
+    assert_eq!(inp(&h1, &w), (Verdict::Transformed, from_host2.clone()));
+    // The same answer in clear, outside the tunnel, is a policy violation.
+    assert_eq!(inp(&h1, &from_host2).0, Verdict::Drop);
+    assert_eq!(h1.global_drops("policy_violation"), 1);
+}
