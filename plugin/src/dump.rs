@@ -101,7 +101,7 @@ pub fn text(spd: &Spd, global: &Counters, now_ms: u64) -> String {
             } else {
                 format!("seq {}", sa.last_seq())
             };
-            let encap = sa.udp_encap.map_or_else(String::new, |p| format!("  udp {} <-> {}", p.local, p.remote));
+            let encap = sa.udp_ports_now().map_or_else(String::new, |p| format!("  udp {} <-> {}", p.local, p.remote));
             let _ = writeln!(
                 s,
                 "  {:<6} {} {}  {:<14} {}{}  packets {} bytes {} age {}s",

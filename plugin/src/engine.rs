@@ -505,7 +505,7 @@ fn apply_bundle<'s>(
             Some((d, i)) => d.items[*i] = Some(sealed),
             None => seal_region(&sealed, pkt.buf).map_err(|r| (r, Some(&**sa)))?,
         }
-        if let Some(ports) = sa.udp_encap {
+        if let Some(ports) = sa.udp_ports_now() {
             udp_encapsulate(pkt, ports).map_err(|r| (r, Some(&**sa)))?;
         }
     }
@@ -676,6 +676,8 @@ pub fn inbound(spd: &Spd, ctx: &Context, pkt: &mut PacketBuf<'_>) -> Verdict {
     let mut open: Option<OpenBundle> = None;
     // The ESP packet just came out of a UDP datagram to this local port (RFC 3948).
     let mut udp_encapsulated: Option<u16> = None;
+    // ... and from this port of the peer.
+    let mut udp_source = 0;
     for _ in 0..MAX_LAYERS {
         let ip = pkt.ip();
         let next = ip.next_header();
@@ -683,6 +685,7 @@ pub fn inbound(spd: &Spd, ctx: &Context, pkt: &mut PacketBuf<'_>) -> Verdict {
             IpProtocol::Udp if udp_encapsulated.is_none() && spd.is_local(ip.dst_addr()) && !ip.is_fragment() => {
                 let (esp_len, port) = match udp::Packet::new_checked(ip.payload()) {
                     Ok(u) if spd.is_encap_port(u.dst_port()) && udp::classify_nat_t(u.payload()) == Ok(udp::NatTPayload::Esp) => {
+                        udp_source = u.src_port();
                         (u.payload().len(), u.dst_port())
                     }
                     _ => break,
@@ -742,7 +745,7 @@ pub fn inbound(spd: &Spd, ctx: &Context, pkt: &mut PacketBuf<'_>) -> Verdict {
                 format_args!("{proto} SPI 0x{spi:08x} from {src}: {} for an SA that takes {}", Encap(udp_encapsulated), Encap(expected)),
             );
         }
-        udp_encapsulated = None;
+        let encapsulated_from = udp_encapsulated.take().map(|_| udp_source);
         let stage = stage_of(proto);
         let from = match open {
             Some(o) if o.index == index => o.next_stage,
@@ -766,6 +769,9 @@ pub fn inbound(spd: &Spd, ctx: &Context, pkt: &mut PacketBuf<'_>) -> Verdict {
         if let Err(reason) = result {
             return ctx.drop_packet(reason, Some(b), Some(sa), format_args!("{proto} SPI 0x{spi:08x} from {src}"));
         }
+        if let Some(port) = encapsulated_from {
+            follow_nat_mapping(ctx, b, src, port);
+        }
         open = Some(OpenBundle { index, next_stage: stage + 1 });
     }
     if let Some(o) = open {
@@ -775,6 +781,25 @@ pub fn inbound(spd: &Spd, ctx: &Context, pkt: &mut PacketBuf<'_>) -> Verdict {
         }
     }
     check_policy(spd, ctx, pkt, &removed)
+}
+
+/// An authenticated, fresh ESP-in-UDP packet from the bundle's peer came from `port`: if
+/// the peer's NAT has mapped it to a new port, the bundle's outbound ESP follows (only the
+/// port: a new address is the keying daemon's business). Authentication and the replay
+/// check come first, so a forged or replayed packet cannot redirect the traffic.
+fn follow_nat_mapping(ctx: &Context, b: &BundlePolicy, src: Ipv4Addr, port: u16) {
+    if b.peer != Some(src) {
+        return;
+    }
+    let Some(out) = b.outbound.as_ref().and_then(|s| s.esp.as_ref()) else { return };
+    if out.follow_peer_port(port) {
+        ctx.log.event(
+            crate::log::Level::Inf,
+            b.name(),
+            "sa",
+            format_args!("the peer's NAT mapping moved: ESP to {src} now goes to UDP port {port}"),
+        );
+    }
 }
 
 /// How an ESP packet travels, for the log: plain, or in UDP to a port of this end.

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::crypto::{Deflate, EspCrypto, Integrity, KeyError, IPCOMP_MAX_DECOMPRESSED};
@@ -176,6 +176,9 @@ pub struct Sa {
     /// `udp_encap = yes` (4500/4500) or, for SAs from the keying daemon, from the NAT-T
     /// that IKE negotiated for this SA (flag UDP_ENCAP and the ports of its addresses).
     pub udp_encap: Option<UdpPorts>,
+    /// The peer's port outbound ESP-in-UDP goes to now: `udp_encap.remote` until the peer's
+    /// NAT maps it elsewhere (see `follow_peer_port`).
+    peer_port: AtomicU16,
 }
 
 /// The UDP ports of an ESP-in-UDP SA (RFC 3948), from this end's point of view: outbound
@@ -258,7 +261,24 @@ impl Sa {
     /// Puts the SA's packets in UDP (ESP only: AH and IPComp SAs ignore it).
     pub fn with_udp_encap(mut self, ports: Option<UdpPorts>) -> Sa {
         self.udp_encap = ports.filter(|_| self.proto == SaProto::Esp);
+        self.peer_port = AtomicU16::new(self.udp_encap.map_or(0, |p| p.remote));
         self
+    }
+
+    /// The UDP ports outbound packets of this SA use now.
+    pub fn udp_ports_now(&self) -> Option<UdpPorts> {
+        self.udp_encap.map(|p| UdpPorts { local: p.local, remote: self.peer_port.load(Ordering::Relaxed) })
+    }
+
+    /// The peer's NAT mapped it to another port (an authenticated packet of the peer came
+    /// from there): outbound packets follow, as RFC 3948 section 2.2 and the kernels that
+    /// implement it do. True when the port changed.
+    pub fn follow_peer_port(&self, port: u16) -> bool {
+        // Read first: the common case (no move) then writes nothing shared.
+        self.udp_encap.is_some()
+            && port != 0
+            && self.peer_port.load(Ordering::Relaxed) != port
+            && self.peer_port.swap(port, Ordering::Relaxed) != port
     }
 
     pub fn new(proto: SaProto, spi: u32, inbound: bool, transform: SaTransform, replay_window: u32, now_ms: u64) -> Sa {
@@ -274,6 +294,7 @@ impl Sa {
             lifetime: SaLifetime::default(),
             expired: AtomicU8::new(0),
             udp_encap: None,
+            peer_port: AtomicU16::new(0),
         }
     }
 

@@ -476,11 +476,25 @@ fn nat_t_is_negotiated_per_sa_with_its_ports() {
 
     // Inbound: ESP in UDP to 4500 from any source port (the NAT chooses it).
     let back = udp_from(B, A, 50);
+    let dst_port = |w: &[u8]| udp_wire::Packet::new_checked(ipv4::Packet::new_checked(w).unwrap().payload()).unwrap().dst_port();
     for sport in [31001, 4500, 1234] {
         let (v, esp_packet) = hook(&b, &back, true);
         assert_eq!(v, Verdict::Transformed);
         assert_eq!(hook(&a, &in_udp(&esp_packet, sport, 4500), false), (Verdict::Transformed, back.clone()), "from port {sport}");
+        // The NAT mapped the peer to a new port: outbound ESP follows it.
+        assert_eq!(dst_port(&hook(&a, &p, true).1), sport, "outbound after a packet from {sport}");
     }
+    // A packet that fails authentication, or a replay, moves nothing.
+    let (_, esp_packet) = hook(&b, &back, true);
+    let mut forged = esp_packet.clone();
+    let last = forged.len() - 1;
+    forged[last] ^= 1;
+    assert_eq!(hook(&a, &in_udp(&forged, 999, 4500), false).0, Verdict::Drop);
+    assert_eq!(hook(&a, &in_udp(&esp_packet, 1234, 4500), false).0, Verdict::Transformed);
+    assert_eq!(hook(&a, &in_udp(&esp_packet, 998, 4500), false).0, Verdict::Drop, "a replay");
+    assert_eq!(dst_port(&hook(&a, &p, true).1), 1234);
+    let log = std::fs::read_to_string(dir.join("a/ipsec.log")).unwrap();
+    assert!(log.contains("NAT mapping moved") && log.contains("now goes to UDP port 1234"), "{log}");
     // Plain ESP for this SA is refused; so is UDP to a port that is not the SA's.
     let (_, esp_packet) = hook(&b, &back, true);
     assert_eq!(hook(&a, &esp_packet, false).0, Verdict::Drop);

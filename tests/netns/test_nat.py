@@ -1,12 +1,13 @@
 """NAT traversal through a real NAT: a dialer on a private LAN behind a masquerading router
 (nftables in its own namespace) keys a tunnel to a road-warrior gateway, our pluto on both
 sides. NAT-D shows the NAT, IKE floats to 4500, the plugins exchange ESP in UDP through
-the NAT's port mapping, and the dialer keeps the mapping alive with keepalives.
+the NAT's port mapping; when the NAT maps the dialer anew, the gateway's ESP follows.
 
     dialer 10.9.0.2 --- 10.9.0.1 [nat, masquerade] 192.0.2.50 --- 192.0.2.42 gw (LAN 10.2.0.1)
 """
 
 import shutil
+import time
 
 import pytest
 
@@ -46,6 +47,9 @@ def test_dialer_behind_a_nat_reaches_a_road_warrior_gateway(lab, binaries, nft):
     lab.run(dialer, "ip", "route", "add", "default", "via", NAT_IN)
     lab.forwarding(nat)
     lab.run(nat, nft, "add table ip nat")
+    # UDP mappings are forgotten after a second of silence (for the re-mapping below).
+    for key in ("nf_conntrack_udp_timeout", "nf_conntrack_udp_timeout_stream"):
+        lab.run(nat, "sysctl", "-q", "-w", f"net.netfilter.{key}=1")
     lab.run(nat, nft, "add chain ip nat post { type nat hook postrouting priority 100 ; }")
     # Ports are mapped too (as a carrier-grade NAT does): the gateway sees the dialer at
     # 192.0.2.50:40xxx, and ESP in UDP must go back to that port.
@@ -99,6 +103,25 @@ def test_dialer_behind_a_nat_reaches_a_road_warrior_gateway(lab, binaries, nft):
               and p[28:32] != b"\0\0\0\0"]
     assert to_nat and all(40000 <= int.from_bytes(p[22:24], "big") <= 40999 for p in to_nat)
     assert sum(len(p) for p in esp_in_udp) >= 4 * 1024 * 1024, "the transfer was not ESP in UDP"
+    # The NAT forgets the mapping (its UDP entries time out while the line is quiet) and
+    # maps the dialer anew, to another range: the gateway's plugin follows the port of the
+    # first authenticated packet, so replies find the dialer again.
+    lab.run(nat, nft, "flush chain ip nat post")
+    lab.run(nat, nft, "add rule ip nat post oifname wan0 meta l4proto udp masquerade to :41000-41999")
+    lab.run(nat, nft, "add rule ip nat post oifname wan0 masquerade")
+    time.sleep(3)
+    capture = Capture(lab, gw, "wan0", "wan-after")
+    ping = lab.run(dialer, "ping", "-n", "-c", "5", "-i", "0.2", "-W", "3", GW_LAN,
+                   check=False, timeout=60)
+    assert "5 received" in ping.stdout, ping.stdout + describe()
+    time.sleep(1.5)
+    after = capture.stop()
+    back = [p for p in after if p[16:20] == bytes(map(int, NAT_OUT.split("."))) and p[9] == 17
+            and p[28:32] != b"\0\0\0\0"]
+    assert back and all(41000 <= int.from_bytes(p[22:24], "big") <= 41999 for p in back), \
+        [int.from_bytes(p[22:24], "big") for p in back]
+    assert "NAT mapping moved" in sims["gw"].log.read_text(), describe()
+
     for name in ("gw", "dialer"):
         log = plutos[name].log_text()
         assert "ESP in UDP" in log and "[ERR]" not in log, plutos[name].describe()
