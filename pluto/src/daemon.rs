@@ -63,6 +63,9 @@ fn with_suffix(base: &Path, suffix: &str) -> PathBuf {
 
 type ClientId = u64;
 
+/// How long a write to a plugin may block before its link is dropped.
+const PLUGIN_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// An ACQUIRE this soon after SAs went to the plugin was sent before they arrived.
 const ACQUIRE_CROSSING: Duration = Duration::from_secs(2);
 
@@ -221,7 +224,11 @@ fn spawn_udp_reader(socket: Arc<UdpSocket>, port: u16, tx: mpsc::Sender<Input>) 
     let spawn = thread::Builder::new().name(format!("udp-{port}")).spawn(move || {
         let mut buf = vec![0u8; 65536];
         loop {
-            let Ok((from, to, len)) = receive(&socket, port, &mut buf) else { continue };
+            let Ok((from, to, len)) = receive(&socket, port, &mut buf) else {
+                // Not expected on a bound UDP socket; never spin on a persistent error.
+                thread::sleep(Duration::from_millis(10));
+                continue;
+            };
             let data = buf[..len].to_vec();
             if tx.send(Input::Datagram { from, to, data }).is_err() {
                 return;
@@ -363,6 +370,9 @@ impl Daemon {
             Input::Datagram { from, to, data } => self.endpoint.handle_datagram(Instant::now(), from, to, &data),
             Input::PluginConnected { client, stream } => {
                 self.log.line(Prefix::Ike, None, &format!("plugin {client} connected"));
+                // A plugin that stops reading must not stall every exchange: its link is
+                // given up instead (it reconnects and is initialized afresh).
+                let _ = stream.set_write_timeout(Some(PLUGIN_WRITE_TIMEOUT));
                 self.plugins.insert(client, Plugin { stream, closed: false });
             }
             Input::PluginMessage { client, mut bytes } => {
