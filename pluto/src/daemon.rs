@@ -421,6 +421,8 @@ impl Daemon {
             .and_then(|()| plugin.stream.write_all(&buf));
         ipc::wipe(&mut buf);
         if let Err(e) = result {
+            // Closing it tells the plugin, which reconnects and initializes us afresh.
+            let _ = plugin.stream.shutdown(std::net::Shutdown::Both);
             plugin.closed = true;
             self.log.line(Prefix::Err, None, &format!("cannot write to plugin {client}: {e}"));
         }
