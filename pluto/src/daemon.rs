@@ -63,6 +63,17 @@ fn with_suffix(base: &Path, suffix: &str) -> PathBuf {
 
 type ClientId = u64;
 
+/// The plugin's replies still awaited for one batch of inbound SAs.
+struct Barrier {
+    client: ClientId,
+    seq: u32,
+    updates: usize,
+    deadline: Instant,
+}
+
+/// How long datagrams wait for a plugin to confirm inbound SAs before they go anyway.
+const BARRIER_TIMEOUT: Duration = Duration::from_millis(500);
+
 /// How long a write to a plugin may block before its link is dropped.
 const PLUGIN_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -122,6 +133,11 @@ pub struct Daemon {
     dynamic_local: Option<Ipv4Addr>,
     /// When SAs of each connection last went to the plugin.
     sas_sent: HashMap<String, Instant>,
+    /// Inbound SAs sent to a plugin and not yet confirmed: until they are, datagrams wait
+    /// in `held`, so that the Quick Mode message that lets the peer use the SAs (message
+    /// 2 from a responder, 3 from an initiator) never overtakes their installation.
+    barriers: Vec<Barrier>,
+    held: Vec<crate::Transmit>,
     /// Initiator cookies already in the IKE key log.
     key_logged: std::collections::HashSet<[u8; 8]>,
     next_seq: u32,
@@ -197,6 +213,8 @@ fn serve(options: Options, mut log: PlutoLog, secrets: Secrets, udp: HashMap<u16
         dynamic_local: None,
         key_logged: Default::default(),
         sas_sent: HashMap::new(),
+        barriers: Vec::new(),
+        held: Vec::new(),
         next_seq: 1,
         pid: std::process::id(),
     };
@@ -350,6 +368,9 @@ impl Daemon {
             let wait = self
                 .endpoint
                 .poll_timeout()
+                .into_iter()
+                .chain(self.barriers.iter().map(|b| b.deadline))
+                .min()
                 .map_or(Duration::from_secs(60), |t| t.saturating_duration_since(now))
                 .min(Duration::from_secs(60));
             match rx.recv_timeout(wait) {
@@ -360,6 +381,11 @@ impl Daemon {
             let now = Instant::now();
             if self.endpoint.poll_timeout().is_some_and(|t| t <= now) {
                 self.endpoint.handle_timeout(now);
+            }
+            let late = self.barriers.len();
+            self.barriers.retain(|b| b.deadline > now);
+            if self.barriers.len() < late {
+                self.log.line(Prefix::Wrn, None, "the plugin did not confirm inbound SAs within 500 ms; sending on");
             }
             self.flush_core();
         }
@@ -385,6 +411,7 @@ impl Daemon {
             Input::PluginGone { client, why } => {
                 self.log.line(Prefix::Ike, None, &format!("plugin {client} went away ({why})"));
                 self.plugins.remove(&client);
+                self.barriers.retain(|b| b.client != client);
             }
         }
     }
@@ -489,6 +516,9 @@ impl Daemon {
             MsgType::Expire => self.expire(&msg, now),
             _ => {
                 // Replies to what we sent.
+                if msg.header.msg_type == MsgType::Update {
+                    self.confirmed(client, msg.header.seq);
+                }
                 let what = format!("{} {}", msg.header.msg_type, sa_name(msg.header.sa_type)).trim_end().to_owned();
                 match msg.header.errno {
                     Some(e) => self.log.line(
@@ -613,6 +643,12 @@ impl Daemon {
             self.handle_event(event);
         }
         while let Some(t) = self.endpoint.poll_transmit() {
+            self.held.push(t);
+        }
+        if !self.barriers.is_empty() {
+            return;
+        }
+        for t in std::mem::take(&mut self.held) {
             let Some(socket) = self.udp.get(&t.from.port()).cloned() else {
                 self.log.line(Prefix::Err, None, &format!("no socket for UDP port {}", t.from.port()));
                 continue;
@@ -654,9 +690,7 @@ impl Daemon {
                     Some(&child.conn),
                     &format!("inbound SA to plugin {client} ahead of Quick Mode message 2: {}", child.inbound_spis()),
                 );
-                for msg in link::install_messages(&child, &bundle, link::Directions::Inbound, seq, self.pid) {
-                    self.send(client, &msg);
-                }
+                self.send_install(client, link::install_messages(&child, &bundle, link::Directions::Inbound, seq, self.pid));
                 self.early.insert((child.conn.clone(), child.inbound_spis()), seq);
             }
             Event::ChildSaEstablished(child) => {
@@ -688,9 +722,7 @@ impl Daemon {
                 self.current.insert(child.conn.clone(), Current { inbound: child.inbound_spis(), outbound: child.outbound_spis() });
                 self.sas_sent.insert(child.conn.clone(), Instant::now());
                 let which = if early.is_some() { link::Directions::Outbound } else { link::Directions::Both };
-                for msg in link::install_messages(&child, &bundle, which, seq, self.pid) {
-                    self.send(client, &msg);
-                }
+                self.send_install(client, link::install_messages(&child, &bundle, which, seq, self.pid));
             }
             Event::ChildSaDeleted { conn, peer, inbound, outbound, reason } => {
                 self.early.remove(&(conn.clone(), inbound));
@@ -728,6 +760,29 @@ impl Daemon {
 }
 
 impl Daemon {
+    /// Sends SAs to a plugin; inbound ones (UPDATE) raise a barrier until confirmed.
+    fn send_install(&mut self, client: ClientId, msgs: Vec<Message>) {
+        let updates = msgs.iter().filter(|m| m.header.msg_type == MsgType::Update).count();
+        if let (Some(first), true) = (msgs.first(), updates > 0) {
+            let seq = first.header.seq;
+            self.barriers.push(Barrier { client, seq, updates, deadline: Instant::now() + BARRIER_TIMEOUT });
+        }
+        for msg in &msgs {
+            self.send(client, msg);
+        }
+        if self.plugins.get(&client).is_none_or(|p| p.closed) {
+            self.barriers.retain(|b| b.client != client);
+        }
+    }
+
+    /// The plugin answered an UPDATE (installed or refused: either way it is done).
+    fn confirmed(&mut self, client: ClientId, seq: u32) {
+        if let Some(b) = self.barriers.iter_mut().find(|b| b.client == client && b.seq == seq) {
+            b.updates = b.updates.saturating_sub(1);
+        }
+        self.barriers.retain(|b| b.updates > 0);
+    }
+
     fn write_key_log(&mut self) {
         let Some(path) = self.options.ike_key_log.clone() else { return };
         let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
