@@ -69,6 +69,12 @@ impl Dpd {
         }
     }
 
+    /// A newer ISAKMP SA with the peer took over probing.
+    pub fn stop(&mut self) {
+        self.next_probe = None;
+        self.unanswered = None;
+    }
+
     pub fn is_probing(&self) -> bool {
         self.next_probe.is_some()
     }

@@ -5,6 +5,14 @@
 //! It also owns what spans exchanges: the NAT-T framing of the port 4500 datagrams, an
 //! ISAKMP SA following its peer to a new address (RFC 3947 §4), NAT-keepalives for the
 //! child SAs (RFC 3948 §4), and the removal of a dead peer's SAs (RFC 3706).
+//!
+//! The ISAKMP SA is rekeyed as Pluto does it: the side that initiated it starts a new Main
+//! Mode rekeymargin (plus fuzz) before it expires, the responder at half the margin, and
+//! only while IPsec SAs with the peer are in use or keying requests wait; a road-warrior
+//! responder never starts one. The newest established ISAKMP SA with a peer (ours or one
+//! the peer started) carries new Quick Modes, Informationals and DPD; the ones it replaces
+//! still answer the peer until they expire. Child SAs do not depend on the ISAKMP SA that
+//! made them and are left alone.
 
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -188,11 +196,7 @@ impl Endpoint {
             .partition(|c| c.conn == conn);
         self.children = kept;
         for child in gone {
-            if let Some(sa) = self
-                .ike_sas
-                .iter()
-                .find(|s| s.p1.is_established() && *s.p1.remote.ip() == child.peer)
-            {
+            if let Some(sa) = sa_for_peer(&self.ike_sas, child.peer) {
                 send_child_delete(&mut ctx, sa, &child.inbound);
             }
             ctx.events.push_back(Event::ChildSaDeleted {
@@ -324,6 +328,18 @@ impl Endpoint {
         }
         self.expire_children(now);
         self.send_keepalives(now);
+        let replace: Vec<u64> = self
+            .ike_sas
+            .iter_mut()
+            .filter(|s| s.p1.is_established() && s.p1.rekey_at.is_some_and(|t| t <= now))
+            .map(|s| {
+                s.p1.rekey_at = None;
+                s.p1.id
+            })
+            .collect();
+        for sa in replace {
+            self.rekey_phase1(now, sa, &mut outcomes);
+        }
         let rekeys: Vec<String> = self
             .children
             .iter_mut()
@@ -371,7 +387,8 @@ impl Endpoint {
                 .dpd
                 .deadline(settings)
                 .filter(|_| sa.p1.is_established());
-            let own = [sa.p1.flight.deadline(), sa.p1.expires_at, dpd];
+            let rekey = sa.p1.rekey_at.filter(|_| sa.p1.is_established());
+            let own = [sa.p1.flight.deadline(), sa.p1.expires_at, dpd, rekey];
             let quick = sa
                 .quick
                 .iter()
@@ -600,7 +617,8 @@ impl Endpoint {
         };
         let Some((old_local, old_remote)) = prior else {
             if authentic {
-                sa.p1.dpd.heard(now, &self.io.settings);
+                let peer = *sa.p1.remote.ip();
+                self.heard_from(now, peer, peer);
             }
             return;
         };
@@ -608,13 +626,13 @@ impl Endpoint {
             (sa.p1.local, sa.p1.remote) = (old_local, old_remote);
             return;
         }
-        sa.p1.dpd.heard(now, &self.io.settings);
         let (local, remote) = (sa.p1.local, sa.p1.remote);
         sa.p1.flight.reroute(local, remote);
         for qm in &mut sa.quick {
             qm.flight.reroute(local, remote);
         }
         let conn = sa.p1.conn.name.clone();
+        self.heard_from(now, *old_remote.ip(), *remote.ip());
         for c in self
             .children
             .iter_mut()
@@ -630,6 +648,18 @@ impl Endpoint {
             Some(&conn),
             format!("NAT-T: {old_remote} now at {remote}, talking from {local}"),
         );
+    }
+
+    /// An authentic message from the peer (at `was`, now at `is`) proves it alive to every
+    /// ISAKMP SA with it: the one DPD runs on may not be the one the message came on.
+    fn heard_from(&mut self, now: Instant, was: Ipv4Addr, is: Ipv4Addr) {
+        for sa in self
+            .ike_sas
+            .iter_mut()
+            .filter(|s| [was, is].contains(s.p1.remote.ip()))
+        {
+            sa.p1.dpd.heard(now, &self.io.settings);
+        }
     }
 
     /// NAT-keepalives (a single 0xFF, RFC 3948 §2.3) on every path a child SA needs open.
@@ -718,16 +748,18 @@ impl Endpoint {
             SocketAddrV4::new(conn.remote, port),
         );
         // An ISAKMP SA between the same endpoints with the same key serves any connection
-        // (Pluto's rule), unless it is about to expire.
+        // (Pluto's rule), unless it is about to expire; the newest one, when a rekey or the
+        // peer made another.
         let margin = self.io.settings.retransmit_window();
         let usable = |sa: &IkeSa| {
             sa.p1.local.ip() == local.ip()
                 && sa.p1.remote.ip() == remote.ip()
                 && sa.p1.conn.psk == conn.psk
         };
-        if let Some(i) = self.ike_sas.iter().position(|sa| {
+        if let Some(i) = self.ike_sas.iter().rposition(|sa| {
             usable(sa)
                 && sa.p1.is_established()
+                && !sa.p1.superseded
                 && sa.p1.expires_at.is_some_and(|t| t > now + margin)
         }) {
             return self.start_quick(now, i, id, outcomes);
@@ -802,6 +834,201 @@ impl Endpoint {
         });
     }
 
+    /// When an SA of `conn` that lives `lifetime` from `now` is to be replaced; None for a
+    /// road-warrior connection (the peer may be gone or behind a new address: it rekeys).
+    /// Pluto's rule: rekeymargin plus up to rekeyfuzz of it before expiry; the responder
+    /// waits for half the margin, so the initiator normally goes first.
+    fn rekey_time(
+        &mut self,
+        now: Instant,
+        conn: &str,
+        initiator: bool,
+        lifetime: Duration,
+    ) -> Option<Instant> {
+        let c = self.connections.iter().find(|c| c.name == conn)?;
+        if c.is_road_warrior() {
+            return None;
+        }
+        let margin = if initiator {
+            c.ike.rekeymargin_secs
+        } else {
+            c.ike.rekeymargin_secs / 2
+        };
+        let fuzz_bound = margin.saturating_mul(u64::from(c.ike.rekeyfuzz_percent)) / 100;
+        let mut outcomes = Vec::new();
+        let fuzz = self.io.ctx(now, &mut outcomes).random_below(fuzz_bound + 1);
+        let before = Duration::from_secs(margin.saturating_add(fuzz));
+        let at = lifetime
+            .checked_sub(before)
+            .filter(|d| !d.is_zero())
+            .unwrap_or(lifetime / 2);
+        Some(now + at)
+    }
+
+    // ------------------------------------------------------------ phase 1 rekey
+
+    /// ISAKMP SA `i` is established: it gets its rekey time, and replaces the older ones
+    /// with the same peer (however it came about: our rekey, or the peer's new Main Mode,
+    /// as charon and libreswan re-authenticate). Those stop DPD and rekeying and only
+    /// answer the peer until they expire.
+    fn phase1_up(&mut self, now: Instant, i: usize) {
+        let p1 = &self.ike_sas[i].p1;
+        let (name, initiator, lifetime) = (
+            p1.conn.name.clone(),
+            p1.initiator,
+            Duration::from_secs(p1.lifetime),
+        );
+        let rekey_at = self.rekey_time(now, &name, initiator, lifetime);
+        let p1 = &mut self.ike_sas[i].p1;
+        p1.rekey_at = rekey_at;
+        let (id, local, remote, psk) = (p1.id, *p1.local.ip(), p1.remote, p1.conn.psk.clone());
+        for old in self.ike_sas.iter_mut().filter(|s| {
+            s.p1.id != id
+                && s.p1.is_established()
+                && !s.p1.superseded
+                && *s.p1.local.ip() == local
+                && s.p1.remote.ip() == remote.ip()
+                && s.p1.conn.psk == psk
+        }) {
+            old.p1.superseded = true;
+            old.p1.rekey_at = None;
+            old.p1.dpd.stop();
+            self.io.events.push_back(Event::Log {
+                level: LogLevel::Info,
+                conn: Some(name.clone()),
+                message: format!(
+                    "ISAKMP SA #{id} replaces #{} with {remote} (#{} answers until it expires)",
+                    old.p1.id, old.p1.id
+                ),
+            });
+        }
+    }
+
+    /// The rekey time of ISAKMP SA `old` came: a new Main Mode with the same peer, if IPsec
+    /// SAs with the peer are in use or requests wait for it. Behind a NAT, it starts from
+    /// the IKE port as the first one did (the NAT is found and floated over again);
+    /// otherwise it goes where the old SA talks to the peer now, which for a peer behind a
+    /// NAT is the NAT-T port its NAT maps (the only way in), and else the IKE ports.
+    fn rekey_phase1(&mut self, now: Instant, old: u64, outcomes: &mut Vec<Outcome>) {
+        let Some(p1) = self
+            .ike_sas
+            .iter()
+            .map(|s| &s.p1)
+            .find(|p| p.id == old && p.is_established() && !p.superseded)
+        else {
+            return;
+        };
+        let peer = *p1.remote.ip();
+        let conn = self
+            .connections
+            .iter()
+            .find(|c| c.name == p1.conn.name)
+            .unwrap_or(&p1.conn);
+        if conn.is_road_warrior() {
+            return;
+        }
+        let in_use = self
+            .children
+            .iter()
+            .any(|c| !c.superseded && c.peer == peer)
+            || self.requests.iter().any(|r| {
+                self.connections
+                    .iter()
+                    .any(|c| c.name == r.conn && c.remote == peer)
+            });
+        if !in_use {
+            let message = format!(
+                "not rekeying the ISAKMP SA with {}: no IPsec SA uses it",
+                p1.remote
+            );
+            return self.io.log(LogLevel::Info, Some(&p1.conn.name), message);
+        }
+        let underway = self.ike_sas.iter().any(|s| {
+            s.p1.initiator
+                && matches!(s.p1.state, MmState::I1 | MmState::I2 | MmState::I3)
+                && s.p1.local.ip() == p1.local.ip()
+                && *s.p1.remote.ip() == peer
+        });
+        if underway {
+            let message = format!(
+                "not rekeying the ISAKMP SA with {}: a Main Mode with it is under way",
+                p1.remote
+            );
+            return self.io.log(LogLevel::Debug, Some(&p1.conn.name), message);
+        }
+        let port = self.io.settings.ike_port;
+        let (local, remote) = if p1.nat.here {
+            (
+                SocketAddrV4::new(*p1.local.ip(), port),
+                SocketAddrV4::new(peer, port),
+            )
+        } else {
+            (p1.local, p1.remote)
+        };
+        let conn = Connection {
+            remote: peer,
+            ..conn.clone()
+        };
+        let message = format!(
+            "rekeying the ISAKMP SA with {}: it nears its lifetime",
+            p1.remote
+        );
+        self.io.log(LogLevel::Info, Some(&conn.name), message);
+        let id = self.next_id();
+        let mut ctx = self.io.ctx(now, outcomes);
+        let mut sa = IkeSa::initiate(&mut ctx, id, conn, local, remote, Vec::new());
+        sa.p1.replaces = Some(old);
+        self.ike_sas.push(sa);
+    }
+
+    /// The Main Mode that was to replace ISAKMP SA `old` failed. While `old` is still the
+    /// one in use, it is tried again after a retransmission interval as keyingtries allows
+    /// and `old` lives; either way `old` serves until it expires.
+    fn phase1_rekey_failed(
+        &mut self,
+        now: Instant,
+        old: u64,
+        conn: String,
+        peer: Ipv4Addr,
+        reason: &str,
+        retryable: bool,
+    ) {
+        let tries = self
+            .connections
+            .iter()
+            .find(|c| c.name == conn)
+            .map_or(1, |c| c.ike.keyingtries);
+        let retry_at = now + self.io.settings.retransmit_base;
+        let Some(p1) = self
+            .ike_sas
+            .iter_mut()
+            .map(|s| &mut s.p1)
+            .find(|p| p.id == old && p.is_established() && !p.superseded)
+        else {
+            return self.io.log(
+                LogLevel::Warning,
+                Some(&conn),
+                format!("rekeying the ISAKMP SA with {peer} failed: {reason}"),
+            );
+        };
+        p1.rekey_attempts += 1;
+        let retrying = retryable
+            && (tries == 0 || p1.rekey_attempts < tries)
+            && p1.expires_at.is_some_and(|t| t > retry_at);
+        if retrying {
+            p1.rekey_at = Some(retry_at);
+        }
+        self.io.event(Event::Failed {
+            conn,
+            peer,
+            exchange: None,
+            reason: format!(
+                "rekeying the ISAKMP SA #{old}: {reason}; #{old} serves until it expires"
+            ),
+            retrying,
+        });
+    }
+
     // ------------------------------------------------------------ outcomes
 
     fn process(&mut self, now: Instant, outcomes: Vec<Outcome>) {
@@ -811,6 +1038,7 @@ impl Endpoint {
             match o {
                 Outcome::Phase1Up { sa } => {
                     if let Some(i) = self.ike_sas.iter().position(|s| s.p1.id == sa) {
+                        self.phase1_up(now, i);
                         for id in std::mem::take(&mut self.ike_sas[i].p1.pending) {
                             self.start_quick(now, i, id, &mut more);
                         }
@@ -826,9 +1054,15 @@ impl Endpoint {
                     };
                     s.p1.state = MmState::Dead;
                     let pending = std::mem::take(&mut s.p1.pending);
-                    let (conn, peer, initiator) =
-                        (s.p1.conn.name.clone(), *s.p1.remote.ip(), s.p1.initiator);
-                    if pending.is_empty() || !initiator {
+                    let (conn, peer, initiator, replaces) = (
+                        s.p1.conn.name.clone(),
+                        *s.p1.remote.ip(),
+                        s.p1.initiator,
+                        s.p1.replaces,
+                    );
+                    if let Some(old) = replaces {
+                        self.phase1_rekey_failed(now, old, conn, peer, &reason, retryable);
+                    } else if pending.is_empty() || !initiator {
                         self.io.event(Event::Failed {
                             conn,
                             peer,
@@ -920,19 +1154,30 @@ impl Endpoint {
         }
     }
 
-    /// DPD gave up: the ISAKMP SA and every child SA with the peer go, here and in the
-    /// plugin, so that new traffic asks for fresh keys. Nothing restarts on its own.
+    /// DPD gave up: the ISAKMP SAs (the one DPD ran on and any it replaced) and every
+    /// child SA with the peer go, here and in the plugin, so that new traffic asks for
+    /// fresh keys. Nothing restarts on its own.
     fn peer_dead(&mut self, sa: u64) {
-        let Some(s) = self.ike_sas.iter_mut().find(|s| s.p1.id == sa) else {
+        let Some(peer) = self
+            .ike_sas
+            .iter()
+            .find(|s| s.p1.id == sa)
+            .map(|s| *s.p1.remote.ip())
+        else {
             return;
         };
-        s.p1.state = MmState::Dead;
-        let (conn, peer) = (s.p1.conn.name.clone(), *s.p1.remote.ip());
-        self.io.event(Event::Phase1Deleted {
-            conn,
-            peer,
-            reason: DeleteReason::PeerDead,
-        });
+        for s in self
+            .ike_sas
+            .iter_mut()
+            .filter(|s| s.p1.id == sa || (s.p1.is_established() && *s.p1.remote.ip() == peer))
+        {
+            s.p1.state = MmState::Dead;
+            self.io.events.push_back(Event::Phase1Deleted {
+                conn: s.p1.conn.name.clone(),
+                peer,
+                reason: DeleteReason::PeerDead,
+            });
+        }
         let (gone, kept): (Vec<ChildRecord>, Vec<ChildRecord>) = std::mem::take(&mut self.children)
             .into_iter()
             .partition(|c| c.peer == peer);
@@ -972,25 +1217,7 @@ impl Endpoint {
             child.replaces = Some(old.inbound);
         }
         let lifetime = child.lifetime;
-        let conn = self.connections.iter().find(|c| c.name == child.conn);
-        let rekey_at = conn.filter(|c| !c.is_road_warrior()).map(|c| {
-            // Pluto: rekey rekeymargin plus up to rekeyfuzz of it before expiry; the
-            // responder waits for half the margin, so the initiator normally goes first.
-            let margin = if initiator {
-                c.ike.rekeymargin_secs
-            } else {
-                c.ike.rekeymargin_secs / 2
-            };
-            let fuzz_bound = margin.saturating_mul(u64::from(c.ike.rekeyfuzz_percent)) / 100;
-            let mut outcomes = Vec::new();
-            let fuzz = self.io.ctx(now, &mut outcomes).random_below(fuzz_bound + 1);
-            let before = Duration::from_secs(margin.saturating_add(fuzz));
-            let at = lifetime
-                .checked_sub(before)
-                .filter(|d| !d.is_zero())
-                .unwrap_or(lifetime / 2);
-            now + at
-        });
+        let rekey_at = self.rekey_time(now, &child.conn, initiator, lifetime);
         if let Some(id) = child.exchange {
             self.requests.retain(|r| r.id != id);
         }
@@ -1020,11 +1247,7 @@ impl Endpoint {
         let mut outcomes = Vec::new();
         let mut ctx = self.io.ctx(now, &mut outcomes);
         for c in gone {
-            if let Some(sa) = self
-                .ike_sas
-                .iter()
-                .find(|s| s.p1.is_established() && *s.p1.remote.ip() == c.peer)
-            {
+            if let Some(sa) = sa_for_peer(&self.ike_sas, c.peer) {
                 send_child_delete(&mut ctx, sa, &c.inbound);
             }
             ctx.log(
@@ -1041,6 +1264,18 @@ impl Endpoint {
             });
         }
     }
+}
+
+/// The ISAKMP SA to tell the peer something on: the newest established one with it (an
+/// older one it replaced still works, should the newest have been deleted).
+fn sa_for_peer(sas: &[IkeSa], peer: Ipv4Addr) -> Option<&IkeSa> {
+    let with_peer = || {
+        sas.iter()
+            .filter(move |s| s.p1.is_established() && *s.p1.remote.ip() == peer)
+    };
+    with_peer()
+        .rfind(|s| !s.p1.superseded)
+        .or_else(|| with_peer().next_back())
 }
 
 fn remember(ids: &mut Vec<u32>, id: u32) {

@@ -12,11 +12,10 @@
 //! `endpoint` (what owns them, with the child SAs' lifetimes and the keying requests).
 //!
 //! Implemented: Main Mode with pre-shared keys, Quick Mode (PFS, IDci/IDcr, ESP, AH,
-//! IPComp), Informational Delete and notifications, Pluto's retransmission, duplicate,
-//! rekey and road-warrior rules. Not yet: NAT traversal (RFC 3947 vendor IDs, NAT-D,
-//! port 4500; the NAT-D payload type parses but is not sent), Dead Peer Detection
-//! (RFC 3706), Aggressive Mode, certificates, and rekeying of the ISAKMP SA itself (a
-//! new one is negotiated when a Quick Mode needs it and the old one has expired).
+//! IPComp), Informational Delete and notifications, NAT traversal (RFC 3947, RFC 3948),
+//! Dead Peer Detection (RFC 3706), Pluto's retransmission, duplicate, rekey (of IPsec SAs
+//! and of the ISAKMP SA itself) and road-warrior rules. Not yet: Aggressive Mode,
+//! certificates.
 
 #![deny(unsafe_code)]
 

@@ -97,6 +97,16 @@ pub(crate) struct Phase1 {
     pub quick_ids: Vec<u32>,
     pub nat: NatT,
     pub dpd: Dpd,
+    /// When to start a new Main Mode that replaces this SA (Pluto's rekeymargin plus
+    /// fuzz before expiry, half the margin for a responder); None: never, or done.
+    pub rekey_at: Option<Instant>,
+    /// Failed attempts at replacing this SA, counted against keyingtries.
+    pub rekey_attempts: u32,
+    /// This Main Mode was started to replace ISAKMP SA #n.
+    pub replaces: Option<u64>,
+    /// A newer ISAKMP SA with the peer is established: new exchanges go there; this one
+    /// still answers the peer until it expires.
+    pub superseded: bool,
 }
 
 pub(crate) struct IkeSa {
@@ -454,6 +464,10 @@ impl Phase1 {
             quick_ids: Vec::new(),
             nat: NatT::default(),
             dpd: Dpd::default(),
+            rekey_at: None,
+            rekey_attempts: 0,
+            replaces: None,
+            superseded: false,
         }
     }
 
@@ -669,8 +683,10 @@ impl Phase1 {
         let suite = self.suite.ok_or_else(|| "no proposal yet".to_owned())?;
         let (ke, nonce) = ke_and_nonce(&chain, dh::modulus_len(suite.group))?;
         self.detect_nat(ctx, &chain, to, from);
-        if self.nat.detected() {
+        if self.nat.detected() && self.local.port() != ctx.settings.nat_t_port {
             // RFC 3947 §4: the initiator moves from message 5 on; the responder follows.
+            // A Main Mode that began on the NAT-T port (a rekey towards a peer behind a
+            // NAT, sent where its NAT maps the old SA's port) is there already.
             let port = ctx.settings.nat_t_port;
             self.local.set_port(port);
             self.remote.set_port(port);

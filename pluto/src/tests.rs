@@ -810,6 +810,7 @@ fn rekey_supersedes_then_the_old_sa_expires() {
 }
 
 mod natt_dpd;
+mod phase1_rekey;
 
 /// The responder hands over its inbound SAs with Quick Mode message 2, before the
 /// initiator can use them; message 3 then confirms the same SAs.
