@@ -393,7 +393,27 @@ impl Core {
         if pkt.offset.checked_add(pkt.len).is_none_or(|end| end > pkt.buf.len()) {
             return Verdict::Drop;
         }
-        engine::outbound(&self.current(), &self.ctx, pkt)
+        let spd = self.current();
+        let verdict = engine::outbound(&spd, &self.ctx, pkt);
+        if verdict == Verdict::Held {
+            self.release_if_keyed_meanwhile(&spd);
+        }
+        verdict
+    }
+
+    /// A packet held against a policy that new SAs replaced meanwhile must not wait for
+    /// keys that already came (the installer released the queue before the packet joined
+    /// it): whatever the current policy can send goes now.
+    fn release_if_keyed_meanwhile(&self, snapshot: &Arc<Spd>) {
+        let now = self.current();
+        if Arc::ptr_eq(snapshot, &now) {
+            return;
+        }
+        for b in now.bundles.iter().filter(|b| b.outbound.is_some()) {
+            if self.ctx.held().held(b.name()) > 0 {
+                self.release_held(&now, b.name());
+            }
+        }
     }
 
     fn outbound_batch(&self, pkts: &mut [PacketBuf<'_>], verdicts: &mut [Verdict]) {
@@ -409,6 +429,9 @@ impl Core {
         }
         engine::outbound_batch(&spd, &self.ctx, &mut pkts[..n], &mut verdicts[..n]);
         verdicts[n..].fill(Verdict::Drop);
+        if verdicts[..n].contains(&Verdict::Held) {
+            self.release_if_keyed_meanwhile(&spd);
+        }
     }
 
     fn inbound(&self, pkt: &mut PacketBuf<'_>) -> Verdict {
