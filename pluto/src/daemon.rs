@@ -69,6 +69,9 @@ struct Barrier {
     seq: u32,
     updates: usize,
     deadline: Instant,
+    /// Outbound SAs (ADD) of the same negotiation: they go after the held datagrams, so
+    /// that our first packet on them follows the Quick Mode message that completes them.
+    then: Vec<Message>,
 }
 
 /// How long datagrams wait for a plugin to confirm inbound SAs before they go anyway.
@@ -138,6 +141,8 @@ pub struct Daemon {
     /// 2 from a responder, 3 from an initiator) never overtakes their installation.
     barriers: Vec<Barrier>,
     held: Vec<crate::Transmit>,
+    /// Messages of finished barriers, sent after the held datagrams.
+    deferred: Vec<(ClientId, Message)>,
     /// Initiator cookies already in the IKE key log.
     key_logged: std::collections::HashSet<[u8; 8]>,
     next_seq: u32,
@@ -215,6 +220,7 @@ fn serve(options: Options, mut log: PlutoLog, secrets: Secrets, udp: HashMap<u16
         sas_sent: HashMap::new(),
         barriers: Vec::new(),
         held: Vec::new(),
+        deferred: Vec::new(),
         next_seq: 1,
         pid: std::process::id(),
     };
@@ -382,10 +388,9 @@ impl Daemon {
             if self.endpoint.poll_timeout().is_some_and(|t| t <= now) {
                 self.endpoint.handle_timeout(now);
             }
-            let late = self.barriers.len();
-            self.barriers.retain(|b| b.deadline > now);
-            if self.barriers.len() < late {
+            if self.barriers.iter().any(|b| b.deadline <= now) {
                 self.log.line(Prefix::Wrn, None, "the plugin did not confirm inbound SAs within 500 ms; sending on");
+                self.finish_barriers(|b| b.deadline <= now);
             }
             self.flush_core();
         }
@@ -412,6 +417,7 @@ impl Daemon {
                 self.log.line(Prefix::Ike, None, &format!("plugin {client} went away ({why})"));
                 self.plugins.remove(&client);
                 self.barriers.retain(|b| b.client != client);
+                self.deferred.retain(|(c, _)| *c != client);
             }
         }
     }
@@ -657,6 +663,9 @@ impl Daemon {
                 self.log.line(Prefix::Wrn, None, &format!("sending to {} failed: {e}", t.to));
             }
         }
+        for (client, msg) in std::mem::take(&mut self.deferred) {
+            self.send(client, &msg);
+        }
     }
 
     fn handle_event(&mut self, event: Event) {
@@ -761,17 +770,23 @@ impl Daemon {
 
 impl Daemon {
     /// Sends SAs to a plugin; inbound ones (UPDATE) raise a barrier until confirmed.
+    /// Sends SAs to a plugin. Inbound ones (GETSPI, UPDATE) go now and raise a barrier
+    /// until the plugin confirms them; outbound ones (ADD) then follow the datagrams the
+    /// barrier held.
     fn send_install(&mut self, client: ClientId, msgs: Vec<Message>) {
-        let updates = msgs.iter().filter(|m| m.header.msg_type == MsgType::Update).count();
-        if let (Some(first), true) = (msgs.first(), updates > 0) {
-            let seq = first.header.seq;
-            self.barriers.push(Barrier { client, seq, updates, deadline: Instant::now() + BARRIER_TIMEOUT });
-        }
-        for msg in &msgs {
+        let (then, now): (Vec<Message>, Vec<Message>) = msgs.into_iter().partition(|m| m.header.msg_type == MsgType::Add);
+        let updates = now.iter().filter(|m| m.header.msg_type == MsgType::Update).count();
+        for msg in &now {
             self.send(client, msg);
         }
-        if self.plugins.get(&client).is_none_or(|p| p.closed) {
-            self.barriers.retain(|b| b.client != client);
+        let connected = self.plugins.get(&client).is_some_and(|p| !p.closed);
+        match now.first() {
+            Some(first) if updates > 0 && connected => {
+                let seq = first.header.seq;
+                let deadline = Instant::now() + BARRIER_TIMEOUT;
+                self.barriers.push(Barrier { client, seq, updates, deadline, then });
+            }
+            _ => self.deferred.extend(then.into_iter().map(|m| (client, m))),
         }
     }
 
@@ -780,7 +795,15 @@ impl Daemon {
         if let Some(b) = self.barriers.iter_mut().find(|b| b.client == client && b.seq == seq) {
             b.updates = b.updates.saturating_sub(1);
         }
-        self.barriers.retain(|b| b.updates > 0);
+        self.finish_barriers(|b| b.updates == 0);
+    }
+
+    fn finish_barriers(&mut self, done: impl Fn(&Barrier) -> bool) {
+        let (finished, waiting): (Vec<Barrier>, Vec<Barrier>) = std::mem::take(&mut self.barriers).into_iter().partition(|b| done(b));
+        self.barriers = waiting;
+        for b in finished {
+            self.deferred.extend(b.then.into_iter().map(|m| (b.client, m)));
+        }
     }
 
     fn write_key_log(&mut self) {
