@@ -36,9 +36,15 @@ fn ends(child: &ChildSa, inbound: bool) -> Ends {
 
 /// When the plugin reports the soft lifetime: after the initiator's rekey (at the margin
 /// plus fuzz before the end) and the responder's (half of that), so that it is only a
-/// backstop for a daemon that lost its timers, never a second rekey.
+/// backstop for a daemon that lost its timers, never a second rekey. A margin as long as
+/// the lifetime makes the core rekey at half the lifetime; the backstop is then at three
+/// quarters.
 pub fn soft_lifetime_secs(lifetime_secs: u64, rekeymargin_secs: u64) -> u64 {
-    lifetime_secs.saturating_sub(rekeymargin_secs / 4).max(1)
+    if rekeymargin_secs >= lifetime_secs {
+        (lifetime_secs - lifetime_secs / 4).max(1)
+    } else {
+        lifetime_secs - rekeymargin_secs / 4
+    }
 }
 
 /// Which directions of a child SA bundle to install.
@@ -275,6 +281,19 @@ mod tests {
         assert!(early.iter().all(|m| m.header.msg_type != MsgType::Add));
         assert!(late.iter().all(|m| m.header.msg_type == MsgType::Add));
         assert_eq!(early.len() + late.len(), both.len());
+    }
+
+    #[test]
+    fn the_soft_lifetime_comes_after_both_ends_rekeyed() {
+        assert_eq!(soft_lifetime_secs(3600, 540), 3600 - 135);
+        // The default margin (9 min) on a one-minute SA: the core rekeys at 30 s.
+        assert_eq!(soft_lifetime_secs(60, 540), 45);
+        assert_eq!(soft_lifetime_secs(1, 540), 1);
+        for (life, margin) in [(24, 8), (60, 59), (60, 60), (28800, 540)] {
+            let soft = soft_lifetime_secs(life, margin);
+            let responder_rekey = if margin < life { life - margin / 2 } else { life / 2 };
+            assert!(soft >= responder_rekey && soft <= life, "{life} {margin}: {soft}");
+        }
     }
 
     #[test]
