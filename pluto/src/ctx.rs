@@ -11,7 +11,7 @@ use rand::rngs::{OsRng, StdRng};
 use rand::{RngCore, SeedableRng};
 
 use crate::config::SpiAllocator;
-use crate::event::{ChildSa, Event, ExchangeId, LogLevel};
+use crate::event::{ChildSa, Event, ExchangeId, FailureKind, LogLevel};
 use crate::wire::ProtocolId;
 
 /// A datagram to send. `payload` is the exact UDP payload: IKE from the NAT-T port
@@ -96,6 +96,7 @@ pub(crate) enum Outcome {
     /// that trying again is pointless right now.
     Phase1Failed {
         sa: u64,
+        kind: FailureKind,
         reason: String,
         retryable: bool,
     },
@@ -108,6 +109,7 @@ pub(crate) enum Outcome {
     },
     ChildFailed {
         request: ExchangeId,
+        kind: FailureKind,
         reason: String,
         retryable: bool,
     },

@@ -747,7 +747,7 @@ impl Daemon {
                     self.send(client, &msg);
                 }
             }
-            Event::Failed { conn, peer, exchange, reason, retrying } => {
+            Event::Failed { conn, peer, exchange, kind, reason, retrying } => {
                 let prefix = if retrying { Prefix::Wrn } else { Prefix::Err };
                 let tail = if retrying { "; retrying" } else { "" };
                 self.log.line(prefix, Some(&conn), &format!("keying with {peer} failed: {reason}{tail}"));
@@ -759,7 +759,7 @@ impl Daemon {
                         self.in_flight.remove(&conn);
                     }
                     if let (Some(seq), Some(client)) = (self.acquires.remove(&id), self.owner(&conn)) {
-                        let msg = link::failure_message(&conn, seq, self.pid, link::failure_errno(&reason));
+                        let msg = link::failure_message(&conn, seq, self.pid, link::failure_errno(kind));
                         self.send(client, &msg);
                     }
                 }

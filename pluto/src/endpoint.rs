@@ -23,7 +23,7 @@ use ipsec_plugin::config::Cidr;
 use crate::config::{sequential_spis, Connection, EndpointConfig, SpiAllocator};
 use crate::ctx::{Ctx, EndpointRng, Outcome, Settings, Transmit};
 use crate::dpd;
-use crate::event::{ChildSa, DeleteReason, Event, ExchangeId, LogLevel, SpiSet};
+use crate::event::{ChildSa, DeleteReason, Event, ExchangeId, FailureKind, LogLevel, SpiSet};
 use crate::informational;
 use crate::main_mode::{IkeSa, MmState};
 use crate::natt::{self, Arrival};
@@ -714,6 +714,7 @@ impl Endpoint {
             return self.request_failed(
                 now,
                 id,
+                FailureKind::Other,
                 format!("connection {name} is not configured"),
                 false,
             );
@@ -722,6 +723,7 @@ impl Endpoint {
             return self.request_failed(
                 now,
                 id,
+                FailureKind::Other,
                 "IKE negotiates IPComp only together with ESP or AH".into(),
                 false,
             );
@@ -730,6 +732,7 @@ impl Endpoint {
             return self.request_failed(
                 now,
                 id,
+                FailureKind::Other,
                 "a connection to 0.0.0.0 can only respond".into(),
                 false,
             );
@@ -740,7 +743,7 @@ impl Endpoint {
             Some(conn.local)
         };
         let Some(local_ip) = local_ip else {
-            return self.request_failed(now, id, "this host has no address yet".into(), false);
+            return self.request_failed(now, id, FailureKind::Other, "this host has no address yet".into(), false);
         };
         let port = self.io.settings.ike_port;
         let (local, remote) = (
@@ -803,13 +806,13 @@ impl Endpoint {
         remember(&mut ike.p1.quick_ids, message_id);
         match QuickMode::initiate(&mut ctx, &ike.p1, conn, id, message_id) {
             Some(qm) => ike.quick.push(qm),
-            None => self.request_failed(now, id, "the ISAKMP SA has no keys".into(), true),
+            None => self.request_failed(now, id, FailureKind::Other, "the ISAKMP SA has no keys".into(), true),
         }
     }
 
     /// Counts a failed attempt and retries while keyingtries allows (0 = forever), after
     /// one retransmission interval so that a refusing peer is not hammered.
-    fn request_failed(&mut self, now: Instant, id: ExchangeId, reason: String, retryable: bool) {
+    fn request_failed(&mut self, now: Instant, id: ExchangeId, kind: FailureKind, reason: String, retryable: bool) {
         let Some(i) = self.requests.iter().position(|r| r.id == id) else {
             return;
         };
@@ -829,6 +832,7 @@ impl Endpoint {
             conn: name,
             peer,
             exchange: Some(id),
+            kind,
             reason,
             retrying,
         });
@@ -990,6 +994,7 @@ impl Endpoint {
         old: u64,
         conn: String,
         peer: Ipv4Addr,
+        kind: FailureKind,
         reason: &str,
         retryable: bool,
     ) {
@@ -1022,6 +1027,7 @@ impl Endpoint {
             conn,
             peer,
             exchange: None,
+            kind,
             reason: format!(
                 "rekeying the ISAKMP SA #{old}: {reason}; #{old} serves until it expires"
             ),
@@ -1046,6 +1052,7 @@ impl Endpoint {
                 }
                 Outcome::Phase1Failed {
                     sa,
+                    kind,
                     reason,
                     retryable,
                 } => {
@@ -1061,18 +1068,19 @@ impl Endpoint {
                         s.p1.replaces,
                     );
                     if let Some(old) = replaces {
-                        self.phase1_rekey_failed(now, old, conn, peer, &reason, retryable);
+                        self.phase1_rekey_failed(now, old, conn, peer, kind, &reason, retryable);
                     } else if pending.is_empty() || !initiator {
                         self.io.event(Event::Failed {
                             conn,
                             peer,
                             exchange: None,
+                            kind,
                             reason: reason.clone(),
                             retrying: false,
                         });
                     }
                     for id in pending {
-                        self.request_failed(now, id, reason.clone(), retryable);
+                        self.request_failed(now, id, kind, reason.clone(), retryable);
                     }
                 }
                 Outcome::ChildUp {
@@ -1082,9 +1090,10 @@ impl Endpoint {
                 } => self.child_established(now, *child, initiator, keepalive),
                 Outcome::ChildFailed {
                     request,
+                    kind,
                     reason,
                     retryable,
-                } => self.request_failed(now, request, reason, retryable),
+                } => self.request_failed(now, request, kind, reason, retryable),
                 Outcome::PeerDeleted {
                     peer,
                     protocol,
@@ -1150,7 +1159,7 @@ impl Endpoint {
         }
         self.ike_sas.retain(|sa| sa.p1.state != MmState::Dead);
         for id in orphans {
-            self.request_failed(now, id, "the ISAKMP SA went away".into(), true);
+            self.request_failed(now, id, FailureKind::Other, "the ISAKMP SA went away".into(), true);
         }
     }
 

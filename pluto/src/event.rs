@@ -115,6 +115,21 @@ pub enum LogLevel {
     Debug,
 }
 
+/// Why keying failed, in the terms the plugin link reports it (docs/daemon-link.md: EACCES,
+/// ECONNREFUSED, ETIMEDOUT): decided where the failure is found, not read back from text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The pre-shared keys differ (HASH_I/HASH_R mismatch, or the peer says it could not
+    /// authenticate us).
+    Authentication,
+    /// The peer refused our proposals or traffic selectors, or we refused its.
+    Refused,
+    /// No answer before the retransmissions ran out.
+    TimedOut,
+    /// Anything else: a malformed reply, a failed key exchange, no address yet.
+    Other,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeleteReason {
     /// The peer sent an authenticated Delete.
@@ -164,6 +179,7 @@ pub enum Event {
         conn: String,
         peer: Ipv4Addr,
         exchange: Option<ExchangeId>,
+        kind: FailureKind,
         reason: String,
         retrying: bool,
     },

@@ -41,7 +41,7 @@ pub mod wire;
 pub use config::{sequential_spis, Connection, EndpointConfig, SpiAllocator};
 pub use ctx::Transmit;
 pub use endpoint::Endpoint;
-pub use event::{ChildSa, DeleteReason, Event, ExchangeId, LogLevel, SpiSet, UdpEncap};
+pub use event::{ChildSa, DeleteReason, Event, ExchangeId, FailureKind, LogLevel, SpiSet, UdpEncap};
 
 #[cfg(test)]
 mod tests;

@@ -15,7 +15,7 @@ use ipsec_plugin::ipc::{
     SA_FLAG_UDP_ENCAP,
 };
 
-use crate::event::{ChildSa, SpiSet};
+use crate::event::{ChildSa, FailureKind, SpiSet};
 
 /// Which side of an SA an address ext names.
 struct Ends {
@@ -163,18 +163,14 @@ pub fn delete_messages(conn: &str, local: Ipv4Addr, peer: Ipv4Addr, inbound: &Sp
     out
 }
 
-/// The errno an ACQUIRE failure report carries, from the core's reason (docs/daemon-link.md:
-/// EACCES wrong PSK, ETIMEDOUT keyingtries exhausted, ECONNREFUSED refused).
-pub fn failure_errno(reason: &str) -> Errno {
-    let r = reason.to_ascii_lowercase();
-    if r.contains("pre-shared key") || r.contains("authenticat") {
-        Errno::Access
-    } else if r.contains("refused") || r.contains("no_proposal") || r.contains("no proposal") || r.contains("invalid_id") {
-        Errno::Refused
-    } else if r.contains("no reply") || r.contains("retransmission") || r.contains("timed out") || r.contains("dead") {
-        Errno::TimedOut
-    } else {
-        Errno::Invalid
+/// The errno an ACQUIRE failure report carries (docs/daemon-link.md: EACCES wrong PSK,
+/// ETIMEDOUT keyingtries exhausted, ECONNREFUSED refused).
+pub fn failure_errno(kind: FailureKind) -> Errno {
+    match kind {
+        FailureKind::Authentication => Errno::Access,
+        FailureKind::Refused => Errno::Refused,
+        FailureKind::TimedOut => Errno::TimedOut,
+        FailureKind::Other => Errno::Invalid,
     }
 }
 
@@ -310,9 +306,9 @@ mod tests {
 
     #[test]
     fn failures_map_to_the_documented_errnos() {
-        assert_eq!(failure_errno("wrong pre-shared key: HASH_I mismatch from 1.2.3.4"), Errno::Access);
-        assert_eq!(failure_errno("no reply to Main Mode message 1 from 1.2.3.4 after 3 retransmissions"), Errno::TimedOut);
-        assert_eq!(failure_errno("1.2.3.4 refused Quick Mode: NoProposalChosen"), Errno::Refused);
+        assert_eq!(failure_errno(FailureKind::Authentication), Errno::Access);
+        assert_eq!(failure_errno(FailureKind::TimedOut), Errno::TimedOut);
+        assert_eq!(failure_errno(FailureKind::Refused), Errno::Refused);
         let m = failure_message("gw", 5, 6, Errno::Access);
         m.validate(Sender::Daemon).unwrap();
     }

@@ -27,7 +27,7 @@ use crate::config::Connection;
 use crate::crypto::{dh, phase1, DhPrivate, Phase1Input, Phase1Keys};
 use crate::ctx::{Ctx, Outcome};
 use crate::dpd::{self, Dpd};
-use crate::event::{Event, ExchangeId, LogLevel};
+use crate::event::{Event, ExchangeId, FailureKind, LogLevel};
 use crate::flight::Flight;
 use crate::message;
 use crate::natt::{self, NatT, NattVid};
@@ -87,7 +87,7 @@ pub(crate) struct Phase1 {
     /// Why the peer seems unable to authenticate us (its notifications, a bad message 6):
     /// reported when the retransmissions run out. Such evidence is unauthenticated, so it
     /// never ends the exchange early (as in Pluto, a forged one cannot break Main Mode).
-    complaint: Option<String>,
+    complaint: Option<(FailureKind, String)>,
     /// A bad message 5 was reported once; repeats only get the notification again.
     auth_failure_reported: bool,
     /// Message IDs of authenticated Informational exchanges, to drop replays.
@@ -135,11 +135,12 @@ impl Phase1 {
         &self.conn.name
     }
 
-    fn fail(&mut self, ctx: &mut Ctx<'_>, reason: String, retryable: bool) {
+    fn fail(&mut self, ctx: &mut Ctx<'_>, kind: FailureKind, reason: String, retryable: bool) {
         self.state = MmState::Dead;
         self.flight.stop();
         ctx.outcomes.push(Outcome::Phase1Failed {
             sa: self.id,
+            kind,
             reason,
             retryable,
         });
@@ -341,6 +342,7 @@ impl IkeSa {
                     conn: p1.conn.name.clone(),
                     peer: *remote.ip(),
                     exchange: None,
+                    kind: FailureKind::Refused,
                     reason: format!("Main Mode from {remote}: {reason}"),
                     retrying: false,
                 });
@@ -620,6 +622,7 @@ impl Phase1 {
             Err(e) => {
                 self.fail(
                     ctx,
+                    FailureKind::Refused,
                     format!("bad Main Mode reply from {}: {e}", self.remote),
                     true,
                 );
@@ -661,6 +664,7 @@ impl Phase1 {
         if let Err(e) = self.derive(ke) {
             self.fail(
                 ctx,
+                FailureKind::Other,
                 format!("key exchange with {} failed: {e}", self.remote),
                 true,
             );
@@ -696,6 +700,7 @@ impl Phase1 {
         if let Err(e) = self.derive(ke) {
             self.fail(
                 ctx,
+                FailureKind::Other,
                 format!("key exchange with {} failed: {e}", self.remote),
                 true,
             );
@@ -779,6 +784,7 @@ impl Phase1 {
                 conn: self.conn.name.clone(),
                 peer: *self.remote.ip(),
                 exchange: None,
+                kind: FailureKind::Authentication,
                 reason: reason.clone(),
                 retrying: false,
             });
@@ -893,7 +899,7 @@ impl Phase1 {
                     "wrong pre-shared key? Main Mode message 6 from {} does not authenticate ({e})",
                     self.remote
                 );
-                self.complaint = Some(reason.clone());
+                self.complaint = Some((FailureKind::Authentication, reason.clone()));
                 ctx.log(LogLevel::Warning, Some(self.name()), reason.clone());
                 Err(Ignore(reason))
             }
@@ -905,26 +911,33 @@ impl Phase1 {
     pub fn on_plain_notify(&mut self, ctx: &mut Ctx<'_>, n: &NotifyRepr) {
         let waiting = matches!(self.state, MmState::I1 | MmState::I2 | MmState::I3);
         if n.kind.is_error() && waiting {
-            let reason = match (self.state, n.kind) {
-                (MmState::I1, NotifyType::NoProposalChosen) => {
+            let (kind, reason) = match (self.state, n.kind) {
+                (MmState::I1, NotifyType::NoProposalChosen) => (
+                    FailureKind::Refused,
                     format!(
                         "{} accepted none of our phase 1 proposals (NO-PROPOSAL-CHOSEN)",
                         self.remote
-                    )
-                }
+                    ),
+                ),
                 (
                     MmState::I3,
                     NotifyType::PayloadMalformed
                     | NotifyType::InvalidHashInformation
                     | NotifyType::AuthenticationFailed,
-                ) => format!(
-                    "wrong pre-shared key? {} could not authenticate us ({:?})",
-                    self.remote, n.kind
+                ) => (
+                    FailureKind::Authentication,
+                    format!(
+                        "wrong pre-shared key? {} could not authenticate us ({:?})",
+                        self.remote, n.kind
+                    ),
                 ),
-                (_, kind) => format!("{} refused Main Mode: {kind:?}", self.remote),
+                (_, kind) => (
+                    FailureKind::Refused,
+                    format!("{} refused Main Mode: {kind:?}", self.remote),
+                ),
             };
             ctx.log(LogLevel::Warning, Some(self.name()), reason.clone());
-            self.complaint = Some(reason);
+            self.complaint = Some((kind, reason));
         } else {
             ctx.log(
                 LogLevel::Info,
@@ -955,11 +968,14 @@ impl Phase1 {
             self.remote,
             self.flight.retransmits()
         );
-        if let Some(c) = self.complaint.take() {
+        // The peer's last word, if it said anything, is the likelier cause than silence.
+        let mut kind = FailureKind::TimedOut;
+        if let Some((k, c)) = self.complaint.take() {
+            kind = k;
             reason = format!("{c}; {reason}");
         }
         if self.initiator {
-            self.fail(ctx, reason, true);
+            self.fail(ctx, kind, reason, true);
         } else {
             self.state = MmState::Dead;
             ctx.log(LogLevel::Warning, Some(self.name()), reason);

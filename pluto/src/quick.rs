@@ -23,7 +23,7 @@ use subtle::ConstantTimeEq;
 use crate::config::Connection;
 use crate::crypto::{dh, phase1, phase2, DhPrivate, KeymatInput, Phase1Keys};
 use crate::ctx::{Ctx, Outcome};
-use crate::event::{ChildSa, DeleteReason, Event, ExchangeId, LogLevel, SpiSet, UdpEncap};
+use crate::event::{ChildSa, DeleteReason, Event, ExchangeId, FailureKind, LogLevel, SpiSet, UdpEncap};
 use crate::flight::{Flight, Timeout};
 use crate::informational;
 use crate::main_mode::{Phase1, OUR_NONCE_LEN};
@@ -399,6 +399,7 @@ impl QuickMode {
                     conn: qm.conn.name.clone(),
                     peer: *peer.ip(),
                     exchange: None,
+                    kind: FailureKind::Refused,
                     reason: format!("Quick Mode from {peer}: {reason}"),
                     retrying: false,
                 });
@@ -694,6 +695,7 @@ impl QuickMode {
                 self.fail(
                     ctx,
                     *p1.remote.ip(),
+                    FailureKind::Refused,
                     format!("bad Quick Mode reply from {}: {e}", p1.remote),
                 );
                 return Ok(());
@@ -848,12 +850,13 @@ impl QuickMode {
         })
     }
 
-    fn fail(&mut self, ctx: &mut Ctx<'_>, peer: Ipv4Addr, reason: String) {
+    fn fail(&mut self, ctx: &mut Ctx<'_>, peer: Ipv4Addr, kind: FailureKind, reason: String) {
         self.state = QmState::Dead;
         self.flight.stop();
         match self.request {
             Some(request) => ctx.outcomes.push(Outcome::ChildFailed {
                 request,
+                kind,
                 reason,
                 retryable: true,
             }),
@@ -861,6 +864,7 @@ impl QuickMode {
                 conn: self.conn.name.clone(),
                 peer,
                 exchange: None,
+                kind,
                 reason,
                 retrying: false,
             }),
@@ -870,7 +874,7 @@ impl QuickMode {
     /// An authenticated error notification from the peer while this exchange waits.
     pub fn on_peer_error(&mut self, ctx: &mut Ctx<'_>, peer: Ipv4Addr, kind: NotifyType) {
         if self.state == QmState::I1 {
-            self.fail(ctx, peer, format!("{peer} refused Quick Mode: {kind:?}"));
+            self.fail(ctx, peer, FailureKind::Refused, format!("{peer} refused Quick Mode: {kind:?}"));
         }
     }
 
@@ -885,6 +889,7 @@ impl QuickMode {
             self.fail(
                 ctx,
                 *p1.remote.ip(),
+                FailureKind::TimedOut,
                 format!("{which} from {} after {tries} retransmissions", p1.remote),
             );
             if !self.initiator && self.suite.is_some() {

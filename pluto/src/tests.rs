@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use ipsec_plugin::config::{Cidr, DhGroup, IkeCipher, IkeHash, IkeProposal, Mode};
 use ipsec_plugin::crypto::{AeadAlg, CipherAlg, EspTransform, IntegAlg};
 
-use crate::{ChildSa, Connection, DeleteReason, Endpoint, EndpointConfig, Event, SpiSet, Transmit};
+use crate::{ChildSa, Connection, DeleteReason, Endpoint, EndpointConfig, Event, FailureKind, SpiSet, Transmit};
 
 const A: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 const B: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
@@ -150,6 +150,17 @@ fn children(events: &[Event]) -> Vec<&ChildSa> {
         .iter()
         .filter_map(|e| match e {
             Event::ChildSaEstablished(c) => Some(&**c),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The kinds of the failures reported, in order.
+fn failure_kinds(events: &[Event]) -> Vec<FailureKind> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Failed { kind, .. } => Some(*kind),
             _ => None,
         })
         .collect()
@@ -386,6 +397,9 @@ fn wrong_psk_fails_clearly_on_both_sides() {
     assert!(p.a_events.iter().any(
         |e| matches!(e, Event::Failed { exchange: Some(x), retrying: false, .. } if *x == id)
     ));
+    // What the plugin link reports as EACCES, on both sides.
+    assert_eq!(failure_kinds(&p.a_events), [FailureKind::Authentication]);
+    assert_eq!(failure_kinds(&p.b_events), [FailureKind::Authentication]);
     assert!(children(&p.a_events).is_empty() && children(&p.b_events).is_empty());
     assert!(!p
         .a_events
@@ -445,6 +459,8 @@ fn mismatched_proposals_fail_on_both_sides() {
         "{:?}",
         failures(&p.a_events)
     );
+    assert_eq!(failure_kinds(&p.a_events)[0], FailureKind::Refused);
+    assert_eq!(failure_kinds(&p.b_events)[0], FailureKind::Refused);
 }
 
 /// Pluto's schedule: retransmissions after 10, 20 and 40 s, failure 80 s after the last.
@@ -478,6 +494,7 @@ fn silent_peer_gets_three_retransmissions_then_failure() {
         f.len() == 1 && f[0].contains("no reply to Main Mode message 1"),
         "{f:?}"
     );
+    assert_eq!(failure_kinds(&p.a_events), [FailureKind::TimedOut]);
     assert_eq!((p.now - p.start).as_secs(), 150);
 }
 
