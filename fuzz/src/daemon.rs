@@ -103,19 +103,26 @@ fn to_us() -> SocketAddrV4 {
     SocketAddrV4::new(LOCAL, IKE_PORT)
 }
 
+/// The non-ESP marker that IKE carries on the NAT-T port (RFC 3948 section 2.2).
+const NON_ESP_MARKER: [u8; 4] = [0; 4];
+
 /// Cuts an input into datagrams at the lengths their ISAKMP headers give: a capture of an
-/// exchange, written back to back, comes apart into its messages. A length that is not
-/// 28 bytes or more and within the rest, or the last of [`MAX_DATAGRAMS`], takes the rest.
+/// exchange, written back to back, comes apart into its messages. A datagram that starts
+/// with the non-ESP marker is one for the NAT-T port, its header after the marker. A
+/// length that is not 28 bytes or more and within the rest, or the last of
+/// [`MAX_DATAGRAMS`], takes the rest.
 pub fn split_datagrams(data: &[u8]) -> Vec<&[u8]> {
     let mut out = Vec::new();
     let mut rest = data;
     while !rest.is_empty() {
-        if out.len() == MAX_DATAGRAMS - 1 || rest.len() < ISAKMP_HEADER_LEN {
+        let skip = if rest.starts_with(&NON_ESP_MARKER) { NON_ESP_MARKER.len() } else { 0 };
+        if out.len() == MAX_DATAGRAMS - 1 || rest.len() < skip + ISAKMP_HEADER_LEN {
             out.push(rest);
             break;
         }
-        let len = u32::from_be_bytes([rest[24], rest[25], rest[26], rest[27]]) as usize;
-        let len = if (ISAKMP_HEADER_LEN..=rest.len()).contains(&len) {
+        let h = &rest[skip..];
+        let len = skip + u32::from_be_bytes([h[24], h[25], h[26], h[27]]) as usize;
+        let len = if (skip + ISAKMP_HEADER_LEN..=rest.len()).contains(&len) {
             len
         } else {
             rest.len()
@@ -304,7 +311,15 @@ pub fn drive(datagrams: &[&[u8]]) -> Vec<Event> {
     };
     let mut now = Instant::now();
     for d in datagrams {
-        ep.handle_datagram(now, from_peer(), to_us(), d);
+        // IKE behind the marker, and NAT keepalives, arrive on the NAT-T port (the core
+        // strips the marker there); everything else on the IKE port.
+        let nat_t = d.starts_with(&NON_ESP_MARKER) || *d == [0xff];
+        let (from, to) = if nat_t {
+            (SocketAddrV4::new(PEER, NAT_T_PORT), SocketAddrV4::new(LOCAL, NAT_T_PORT))
+        } else {
+            (from_peer(), to_us())
+        };
+        ep.handle_datagram(now, from, to, d);
         check.drain(&mut ep);
     }
     for _ in 0..MAX_TIMEOUTS {
@@ -1025,6 +1040,9 @@ pub fn isakmp_seeds() -> Vec<(String, Vec<u8>)> {
     seeds.push(("mm1".to_owned(), sent[0].clone()));
     seeds.push(("main-mode".to_owned(), join_datagrams(&sent[..3])));
     seeds.push(("quick-mode".to_owned(), join_datagrams(&sent)));
+    // The same exchange on the NAT-T port, each message behind the non-ESP marker.
+    let on_nat_t: Vec<Vec<u8>> = sent.iter().map(|d| [&NON_ESP_MARKER[..], d].concat()).collect();
+    seeds.push(("quick-mode-on-nat-t-port".to_owned(), join_datagrams(&on_nat_t)));
     let (sent, events) = capture(&base, true);
     assert!(
         events

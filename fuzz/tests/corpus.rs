@@ -192,6 +192,7 @@ fn isakmp_seeds_replay_whole_exchanges() {
     };
     for name in [
         "quick-mode",
+        "quick-mode-on-nat-t-port",
         "quick-mode-ipcomp",
         "quick-mode-tripledes-md5-modp1024",
         "quick-mode-aes256-sha256-modp1536",

@@ -994,8 +994,7 @@ impl Endpoint {
         old: u64,
         conn: String,
         peer: Ipv4Addr,
-        kind: FailureKind,
-        reason: &str,
+        (kind, reason): (FailureKind, &str),
         retryable: bool,
     ) {
         let tries = self
@@ -1068,7 +1067,7 @@ impl Endpoint {
                         s.p1.replaces,
                     );
                     if let Some(old) = replaces {
-                        self.phase1_rekey_failed(now, old, conn, peer, kind, &reason, retryable);
+                        self.phase1_rekey_failed(now, old, conn, peer, (kind, &reason), retryable);
                     } else if pending.is_empty() || !initiator {
                         self.io.event(Event::Failed {
                             conn,
