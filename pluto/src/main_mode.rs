@@ -642,6 +642,14 @@ impl Phase1 {
         Ok(())
     }
 
+    /// Derives the keys from the peer's KE; a degenerate one ends the exchange.
+    fn derive_or_fail(&mut self, ctx: &mut Ctx<'_>, ke: &[u8]) -> bool {
+        let Err(e) = self.derive(ke) else { return true };
+        let reason = format!("key exchange with {} failed: {e}", self.remote);
+        self.fail(ctx, FailureKind::Other, reason, true);
+        false
+    }
+
     /// Responder: the initiator's KE and nonce; answer with ours and derive the keys.
     fn on_message_3(
         &mut self,
@@ -661,13 +669,7 @@ impl Phase1 {
         self.dh = Some(dh);
         self.nr = ctx.random(OUR_NONCE_LEN);
         // Derive before answering: a degenerate KE gets no answer.
-        if let Err(e) = self.derive(ke) {
-            self.fail(
-                ctx,
-                FailureKind::Other,
-                format!("key exchange with {} failed: {e}", self.remote),
-                true,
-            );
+        if !self.derive_or_fail(ctx, ke) {
             return Ok(());
         }
         self.send_ke_nonce(ctx, &self.nr.clone());
@@ -697,13 +699,7 @@ impl Phase1 {
         }
         self.gxr = ke.to_vec();
         self.nr = nonce.to_vec();
-        if let Err(e) = self.derive(ke) {
-            self.fail(
-                ctx,
-                FailureKind::Other,
-                format!("key exchange with {} failed: {e}", self.remote),
-                true,
-            );
+        if !self.derive_or_fail(ctx, ke) {
             return Ok(());
         }
         let Some(keys) = &self.keys else {
